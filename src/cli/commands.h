@@ -1,0 +1,15 @@
+// Subcommands of the tandem binary. Each Add*Command adds its CLI::App with options and a callback
+// that runs the command and stores its exit code in *exit_code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace tandem::cli {
+
+void AddGenerateCommand(CLI::App& app, int* exit_code);
+
+inline void RegisterCommands(CLI::App& app, int* exit_code) {
+  AddGenerateCommand(app, exit_code);
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,59 @@
+// Token sampling on the host: the reference semantics that the CUDA sampling kernels must match.
+//
+// Order of operations on one row of logits (float32, modified in place):
+//   1. repetition penalty (prompt + output tokens), presence and frequency penalties (output);
+//   2. logprobs, if asked, are taken from the model's raw logits (before step 1);
+//   3. temperature == 0: argmax (lowest id wins ties) — done;
+//   4. divide by temperature, softmax (max-subtracted), then in this order top-k, top-p, min-p,
+//      each on the renormalized distribution left by the previous one;
+//   5. draw u in [0, 1) from a counter-based Philox4x32-10 stream keyed by (seed, step) and walk the
+//      kept tokens in descending probability (ties by ascending id) to the first whose cumulative
+//      probability exceeds u * total.
+// The draw depends only on (seed, step), never on the batch, so seeded requests are reproducible.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "tandem/sampling_params.h"
+#include "tandem/types.h"
+
+namespace tandem {
+
+// Philox4x32-10, the counter-based generator (Salmon et al., SC'11). Pure function.
+std::array<uint32_t, 4> Philox4x32(std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key);
+// A uniform float in [0, 1) for draw `step` of stream `seed`.
+float PhiloxUniform(uint64_t seed, uint64_t step);
+
+struct SampleInput {
+  const SamplingParams* params = nullptr;
+  uint64_t seed = 0;   // params->seed, or an engine-drawn seed fixed at admission
+  uint64_t step = 0;   // number of tokens this sequence has generated before this one
+  std::span<const TokenId> prompt_tokens;
+  std::span<const TokenId> output_tokens;
+};
+
+struct TokenLogprob {
+  TokenId token = 0;
+  float logprob = 0.0f;
+};
+
+struct SampleOutput {
+  TokenId token = 0;
+  float logprob = 0.0f;  // of `token` under the raw distribution (when params->logprobs >= 0)
+  std::vector<TokenLogprob> top_logprobs;  // params->logprobs entries, most likely first
+};
+
+// Samples one token from `logits` (one row, vocab-sized, modified in place). `scratch` is reused
+// between calls to avoid allocation.
+SampleOutput SampleToken(std::span<float> logits, const SampleInput& input,
+                         std::vector<float>* scratch = nullptr);
+
+// log_softmax of `logits` at `token`, and the top `n` entries (descending, ties by id).
+float LogSoftmaxAt(std::span<const float> logits, TokenId token);
+std::vector<TokenLogprob> TopLogprobs(std::span<const float> logits, int32_t n);
+
+}  // namespace tandem
