@@ -47,10 +47,34 @@ struct SampleOutput {
   std::vector<TokenLogprob> top_logprobs;  // params->logprobs entries, most likely first
 };
 
-// Samples one token from `logits` (one row, vocab-sized, modified in place). `scratch` is reused
-// between calls to avoid allocation.
+// Buffers that SampleToken reuses between calls so that the per-token path does not allocate. One
+// per thread (e.g. per worker); never shared by concurrent calls. Contents between calls are
+// private to SampleToken (`marks` stays all zero between calls).
+struct SamplerScratch {
+  struct Candidate {
+    float weight = 0.0f;  // scaled logit during top-k, then exp(scaled - max)
+    TokenId token = 0;
+  };
+  std::vector<Candidate> candidates;
+  std::vector<int32_t> marks;       // vocab-sized: per-token seen flag and output count
+  std::vector<TokenId> touched;     // tokens whose logit the penalties changed
+  std::vector<float> raw_logits;    // their logits before the penalties, parallel to `touched`
+};
+
+// Samples one token from `logits` (one row, vocab-sized). Preconditions (checked): `input.params`
+// set and valid for logits.size() (SamplingParams::Validate), every prompt/output id in
+// [0, logits.size()). On return `logits` holds the penalized logits (step 1, before temperature).
+// Tie and edge rules: top-k ranks tokens by scaled logit, ties by lower id; NaN logits are never
+// sampled; when no token has a finite logit the result is the argmax rule's (lowest id).
+// Cost: O(V + prompt + output) plus O(k log k) for the kept tokens' final ordering; the walk and
+// top-p use selection (nth_element), never a full-vocabulary sort. The draw's cumulative sums are
+// taken in double, so results can differ from a float implementation only when u * total falls
+// within rounding of a cumulative boundary.
 SampleOutput SampleToken(std::span<float> logits, const SampleInput& input,
-                         std::vector<float>* scratch = nullptr);
+                         SamplerScratch* scratch = nullptr);
+// Same, for callers that keep a float buffer (kept for compatibility; allocates its own scratch).
+SampleOutput SampleToken(std::span<float> logits, const SampleInput& input,
+                         std::vector<float>* scratch);
 
 // log_softmax of `logits` at `token`, and the top `n` entries (descending, ties by id).
 float LogSoftmaxAt(std::span<const float> logits, TokenId token);
