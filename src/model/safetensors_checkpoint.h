@@ -27,8 +27,9 @@ struct SafetensorsTensorInfo {
   uint64_t end = 0;
 };
 
-// One .safetensors file. Owns the mapping; views from Get() keep it alive.
-class SafetensorsFile {
+// One .safetensors file. Owns the mapping; views from View() keep it alive. Immutable after Open(),
+// so it is safe to share between threads.
+class SafetensorsFile : public std::enable_shared_from_this<SafetensorsFile> {
  public:
   // Errors (naming the file): NotFound, unreadable, truncated, header length past the end, malformed
   // JSON, unknown dtype, shape/offset mismatch, offsets past the end or overlapping.
@@ -39,6 +40,7 @@ class SafetensorsFile {
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
 
   const std::filesystem::path& path() const { return path_; }
+  // In data-offset order.
   const std::vector<SafetensorsTensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const SafetensorsTensorInfo* Find(std::string_view name) const;
@@ -56,12 +58,12 @@ class SafetensorsFile {
   std::vector<SafetensorsTensorInfo> tensors_;
   std::unordered_map<std::string, size_t> index_;
   std::map<std::string, std::string> metadata_;
-  std::weak_ptr<const SafetensorsFile> self_;
 };
 
 // A model directory's weights: `model.safetensors`, or the shards named by
 // `model.safetensors.index.json` (every shard listed must exist and hold the tensors the index
-// says it holds).
+// says it holds). `dir` may also name a single .safetensors file. Immutable after Open(); Get() is
+// thread-safe and zero-copy (views keep their shard mapped even after the checkpoint is destroyed).
 class SafetensorsCheckpoint final : public WeightSource {
  public:
   static StatusOr<std::unique_ptr<SafetensorsCheckpoint>> Open(const std::filesystem::path& dir);
@@ -71,7 +73,11 @@ class SafetensorsCheckpoint final : public WeightSource {
   std::vector<std::string> TensorNames() const override;
   std::string Describe() const override;
 
+  const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+
  private:
+  SafetensorsCheckpoint() = default;
+
   std::filesystem::path dir_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::unordered_map<std::string, std::pair<size_t, size_t>> index_;  // name -> (file, tensor)
