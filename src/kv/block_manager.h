@@ -89,34 +89,64 @@ class BlockManager {
   void CheckInvariants() const;
 
  private:
+  // Test-only access (tests/kv): replaces the chain hash to force collisions, reads block state.
+  friend class BlockManagerTestPeer;
+
+  // Key of a full block: a hash of its parent's key and its tokens (kRootKey for the first block).
+  using ChainHashFn = uint64_t (*)(uint64_t parent_key, std::span<const TokenId> tokens);
+  static constexpr uint64_t kRootKey = 0;
+
+  // A registered block's identity is (parent registration, tokens): registrations are unique for
+  // the life of the manager, so identity never depends on the hash being collision-free.
+  static constexpr uint64_t kNoRegistration = 0;  // also the parent registration of a first block
+
   struct Block {
     int32_t ref_count = 0;
     bool hashed = false;
-    uint64_t hash = 0;
+    uint64_t hash = 0;            // chain key, valid while hashed
     std::vector<TokenId> tokens;  // the block's tokens, kept while hashed (collision check)
-    uint64_t parent_hash = 0;
+    uint64_t parent_hash = 0;     // parent's chain key, valid while hashed
+    uint64_t registration = kNoRegistration;         // unique id of this registration
+    uint64_t parent_registration = kNoRegistration;  // the parent's, or kNoRegistration at the root
     std::list<BlockId>::iterator lru_pos;  // valid while cached
+  };
+
+  // Where a sequence's hash chain stands: the registered block that its next full block follows.
+  struct ChainPos {
+    uint64_t key = kRootKey;
+    uint64_t registration = kNoRegistration;
   };
 
   // Hash key of a full block given its parent's key.
   static uint64_t ChainHash(uint64_t parent, std::span<const TokenId> tokens);
-  // Finds a cached/in-use block holding exactly `tokens` after `parent`, or -1.
-  BlockId LookupCached(uint64_t parent, uint64_t hash, std::span<const TokenId> tokens) const;
+  // Finds a registered (cached or in-use) block holding exactly `tokens` after `parent`, or -1.
+  BlockId LookupCached(const ChainPos& parent, uint64_t hash, std::span<const TokenId> tokens) const;
+  // The registered blocks that serve the prefix of `prompt` (capped so one token is left).
+  std::vector<BlockId> MatchPrefix(std::span<const TokenId> prompt) const;
   // Takes one block off the free list, else evicts the LRU cached block. CHECKs availability.
   BlockId TakeBlock();
+  // Drops the hash of a cached block and puts it on the free list (cached -> free).
+  void DropCached(BlockId id);
+  // Removes `id`'s entry from the hash index and clears its prefix-cache fields.
+  void Unhash(BlockId id);
+  // Drops one reference; at zero the block becomes cached (hashed) or free (unhashed).
   void Release(BlockId id);
 
-  BlockManagerConfig config_;
+  BlockManagerConfig config_;  // Constant after construction
+  ChainHashFn chain_hash_ = &ChainHash;
   std::vector<Block> blocks_;
-  std::vector<BlockId> free_list_;
-  std::list<BlockId> cached_lru_;  // front = evicted first
+  std::vector<BlockId> free_list_;  // taken from the back
+  std::list<BlockId> cached_lru_;   // front = evicted first
   std::unordered_multimap<uint64_t, BlockId> hash_index_;
   struct SeqBlocks {
     std::vector<BlockId> table;
-    int32_t num_hashed = 0;     // leading blocks already registered in the prefix cache
-    uint64_t last_hash = 0;     // chain key of the last registered block
+    int32_t num_hashed = 0;  // leading blocks whose content is registered (here or, if a duplicate,
+                             // in the block that was registered first)
+    ChainPos chain;          // chain position after those blocks
   };
   std::unordered_map<SeqId, SeqBlocks> seqs_;
+  int32_t num_in_use_ = 0;  // kept apart from the lists so CheckInvariants can cross-check
+  uint64_t next_registration_ = kNoRegistration + 1;
   int64_t prefix_queries_tokens_ = 0;
   int64_t prefix_hit_tokens_ = 0;
 };
