@@ -1,0 +1,23 @@
+// ModelConfig and VocabSpec from GGUF metadata (llama architecture).
+#pragma once
+
+#include "model/gguf_file.h"
+#include "model/model_config.h"
+#include "tandem/status.h"
+#include "tokenizer/vocab_spec.h"
+
+namespace tandem {
+
+// Reads `llama.*` hyper-parameters, bos/eos from `tokenizer.ggml.*_token_id`, and ties the
+// embeddings when `output.weight` is absent. `dtype` is BF16 (what GgufWeightSource produces for
+// matrices by default). Errors name the file and the key: an architecture other than "llama",
+// missing or out-of-range fields, inconsistent head counts, llama3 rope factors (`rope_freqs.weight`,
+// not supported yet), a rope dimension other than head_dim.
+StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& file);
+
+// Reads the `tokenizer.ggml.*` keys and `tokenizer.chat_template`. `tokenizer.ggml.model` must be
+// "gpt2" (byte-level BPE; merges required) or "llama"; token types and scores, when present, must
+// have one entry per token; bos/eos/eot ids must index the token list.
+StatusOr<VocabSpec> VocabSpecFromGguf(const GgufFile& file);
+
+}  // namespace tandem
