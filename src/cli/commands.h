@@ -7,9 +7,11 @@
 namespace tandem::cli {
 
 void AddGenerateCommand(CLI::App& app, int* exit_code);
+void AddChatTemplateCommand(CLI::App& app, int* exit_code);
 
 inline void RegisterCommands(CLI::App& app, int* exit_code) {
   AddGenerateCommand(app, exit_code);
+  AddChatTemplateCommand(app, exit_code);
 }
 
 }  // namespace tandem::cli
