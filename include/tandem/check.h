@@ -25,12 +25,18 @@ class CheckFailure {
   std::ostringstream stream_;
 };
 
+// Makes the streamed expression void so it fits in the ?: of TANDEM_CHECK (glog's trick), which
+// keeps `if (x) TANDEM_CHECK(y);` free of dangling-else surprises.
+struct Voidify {
+  void operator&(std::ostream&) {}
+};
+
 }  // namespace tandem::internal
 
-#define TANDEM_CHECK(cond) \
-  if (cond) {              \
-  } else                   \
-    ::tandem::internal::CheckFailure(__FILE__, __LINE__, #cond).stream()
+#define TANDEM_CHECK(cond)                 \
+  (cond) ? (void)0                         \
+         : ::tandem::internal::Voidify() & \
+               ::tandem::internal::CheckFailure(__FILE__, __LINE__, #cond).stream()
 
 #define TANDEM_CHECK_EQ(a, b) TANDEM_CHECK((a) == (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "
 #define TANDEM_CHECK_LE(a, b) TANDEM_CHECK((a) <= (b)) << #a " = " << (a) << ", " #b " = " << (b) << " "

@@ -70,6 +70,7 @@ Status DataLossError(std::string message);
 Status UnimplementedError(std::string message);
 Status InternalError(std::string message);
 Status AbortedError(std::string message);
+Status AlreadyExistsError(std::string message);
 
 template <typename T>
 class [[nodiscard]] StatusOr {

@@ -48,5 +48,6 @@ Status DataLossError(std::string m) { return {StatusCode::kDataLoss, std::move(m
 Status UnimplementedError(std::string m) { return {StatusCode::kUnimplemented, std::move(m)}; }
 Status InternalError(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 Status AbortedError(std::string m) { return {StatusCode::kAborted, std::move(m)}; }
+Status AlreadyExistsError(std::string m) { return {StatusCode::kAlreadyExists, std::move(m)}; }
 
 }  // namespace tandem

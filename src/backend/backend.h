@@ -1,0 +1,116 @@
+// Backend: the operations a decoder-only transformer needs, behind one interface, so the engine and
+// the model code run unchanged on the CPU reference backend and on CUDA (leveldb's Env pattern).
+//
+// Threading: a Backend is driven by one thread (the worker's engine thread). Ops are enqueued in
+// order on the backend's stream; results are visible to the host only after Synchronize() or a
+// copy to host. The CPU backend runs each op to completion before returning.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "backend/tensor.h"
+#include "model/host_tensor.h"
+#include "tandem/status.h"
+
+namespace tandem {
+
+// Memory owned by a backend; freed when destroyed.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual void* data() const = 0;
+  virtual size_t size() const = 0;
+};
+
+// The paged KV cache of one layer: K and V, each [num_blocks, num_kv_heads, block_size, head_dim].
+struct KvLayerView {
+  Tensor k;
+  Tensor v;
+};
+
+// Per-step description of the batch, in host memory, built by the model runner. Tokens of one
+// sequence are contiguous; sequence i owns tokens [query_start[i], query_start[i + 1]).
+struct AttentionMetadata {
+  int32_t num_seqs = 0;
+  int32_t num_tokens = 0;
+  std::span<const int32_t> query_start;    // [num_seqs + 1]
+  std::span<const int32_t> context_lens;   // [num_seqs]: KV length after this step (cached + new)
+  std::span<const int32_t> block_tables;   // [num_seqs, max_blocks_per_seq], row-major
+  int32_t max_blocks_per_seq = 0;
+  std::span<const int32_t> positions;      // [num_tokens]
+  std::span<const int64_t> slot_mapping;   // [num_tokens]: block_id * block_size + offset
+  int32_t block_size = 0;
+  int32_t max_query_len = 0;
+  int32_t max_context_len = 0;
+};
+
+struct AttentionParams {
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  float scale = 1.0f;           // softmax scale, 1/sqrt(head_dim) unless the model says otherwise
+  int32_t sliding_window = 0;   // 0: none; else a query at p sees keys in (p - window, p]
+};
+
+// Rotary embedding tables: cos/sin for positions [0, max_positions), rotary_dim / 2 each, computed
+// on the host once (model/rope.h) so every backend rotates by the same values.
+struct RopeTables {
+  Tensor cos;  // f32 [max_positions, rotary_dim / 2]
+  Tensor sin;
+  int32_t rotary_dim = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string_view name() const = 0;
+  // dtype of activations (f32 on CPU, bf16 on CUDA) and of the KV cache.
+  virtual DType activation_dtype() const = 0;
+  virtual DType kv_cache_dtype() const = 0;
+
+  // --- memory -----------------------------------------------------------------------------------
+  // ResourceExhausted when the backend cannot provide `bytes`.
+  virtual StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) = 0;
+  // Makes a weight usable by kernels. May return a view of `host` (zero copy, the CPU backend for
+  // bf16/f16/f32) or a copy in device memory owned by `*storage`. `host` must outlive the view.
+  virtual StatusOr<Tensor> UploadWeight(const HostTensor& host,
+                                        std::unique_ptr<DeviceBuffer>* storage) = 0;
+  // Host <-> backend copies (synchronous with respect to the host).
+  virtual Status CopyToDevice(const void* src, Tensor dst) = 0;
+  virtual Status CopyToHost(const Tensor& src, void* dst) = 0;
+  // Backend-to-backend copy of src.nbytes() bytes.
+  virtual Status Copy(const Tensor& src, Tensor dst) = 0;
+  virtual Status Synchronize() = 0;
+
+  // --- ops (shapes in comments; T = tokens in the step) --------------------------------------------
+  // out[T, H] = table[ids[t], :]. ids are in host memory, already validated against the vocab.
+  virtual Status Embedding(std::span<const int32_t> ids, const Tensor& table, Tensor out) = 0;
+  // If residual is non-empty: residual += x, then out = rmsnorm(residual) * weight; else
+  // out = rmsnorm(x) * weight. x [T, H], residual [T, H], weight [H].
+  virtual Status RmsNorm(const Tensor& x, Tensor residual, const Tensor& weight, float eps,
+                         Tensor out) = 0;
+  // out[T, N] = x[T, K] @ weight[N, K]^T (+ bias[N]).
+  virtual Status Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) = 0;
+  // out[T, I] = silu(gate[T, I]) * up[T, I].
+  virtual Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) = 0;
+  // Rotates q [T, num_heads * head_dim] and k [T, num_kv_heads * head_dim] in place (HF
+  // rotate_half convention) at `meta.positions`, then writes k and v into the cache at
+  // `meta.slot_mapping`.
+  virtual Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+                                const AttentionParams& params, const AttentionMetadata& meta,
+                                KvLayerView cache) = 0;
+  // Causal attention of q [T, num_heads * head_dim] over the paged cache (which already holds
+  // this step's keys and values): out [T, num_heads * head_dim].
+  virtual Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
+                           const AttentionMetadata& meta, Tensor out) = 0;
+  // out[R, H] = x[rows[r], :]. rows in host memory.
+  virtual Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) = 0;
+};
+
+}  // namespace tandem

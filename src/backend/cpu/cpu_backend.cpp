@@ -1,0 +1,169 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "backend/cpu/cpu_attention.h"
+#include "backend/cpu/cpu_linear.h"
+#include "common/half.h"
+
+namespace tandem {
+namespace {
+
+class HostBuffer final : public DeviceBuffer {
+ public:
+  HostBuffer(void* data, size_t size) : data_(data), size_(size) {}
+  ~HostBuffer() override { std::free(data_); }
+  void* data() const override { return data_; }
+  size_t size() const override { return size_; }
+
+ private:
+  void* data_;
+  size_t size_;
+};
+
+float LoadScalar(const Tensor& t, int64_t i) {
+  switch (t.dtype) {
+    case DType::kF32: return t.as<const float>()[i];
+    case DType::kBF16: return Bf16ToF32(t.as<const uint16_t>()[i]);
+    case DType::kF16: return F16ToF32(t.as<const uint16_t>()[i]);
+    default: TANDEM_CHECK(false) << "unsupported dtype " << DTypeName(t.dtype);
+  }
+  return 0.0f;
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(CpuBackendConfig config)
+    : pool_(std::make_unique<ThreadPool>(config.num_threads > 0 ? config.num_threads
+                                                                : ThreadPool::DefaultThreads())) {}
+
+StatusOr<std::unique_ptr<DeviceBuffer>> CpuBackend::Allocate(size_t bytes) {
+  const size_t aligned = (std::max<size_t>(bytes, 1) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, aligned);
+  if (p == nullptr) {
+    return ResourceExhaustedError("cpu backend: cannot allocate " + std::to_string(bytes) + " bytes");
+  }
+  return std::unique_ptr<DeviceBuffer>(std::make_unique<HostBuffer>(p, bytes));
+}
+
+StatusOr<Tensor> CpuBackend::UploadWeight(const HostTensor& host,
+                                          std::unique_ptr<DeviceBuffer>* storage) {
+  if (host.dtype != DType::kF32 && host.dtype != DType::kBF16 && host.dtype != DType::kF16) {
+    return InvalidArgumentError(host.source + ": tensor " + host.name + " has dtype " +
+                                std::string(DTypeName(host.dtype)) +
+                                "; the CPU backend takes F32, BF16 or F16 weights");
+  }
+  if (host.shape.empty() || host.shape.size() > Tensor::kMaxDims) {
+    return InvalidArgumentError(host.source + ": tensor " + host.name + " has rank " +
+                                std::to_string(host.shape.size()));
+  }
+  // Zero copy: kernels read the mapped checkpoint bytes directly.
+  Tensor t;
+  t.data = const_cast<std::byte*>(host.data);
+  t.dtype = host.dtype;
+  t.ndim = static_cast<int>(host.shape.size());
+  for (int i = 0; i < t.ndim; ++i) t.shape[i] = host.shape[i];
+  storage->reset();
+  return t;
+}
+
+Status CpuBackend::CopyToDevice(const void* src, Tensor dst) {
+  std::memcpy(dst.data, src, dst.nbytes());
+  return OkStatus();
+}
+
+Status CpuBackend::CopyToHost(const Tensor& src, void* dst) {
+  std::memcpy(dst, src.data, src.nbytes());
+  return OkStatus();
+}
+
+Status CpuBackend::Copy(const Tensor& src, Tensor dst) {
+  TANDEM_CHECK_LE(src.nbytes(), dst.nbytes());
+  std::memcpy(dst.data, src.data, src.nbytes());
+  return OkStatus();
+}
+
+Status CpuBackend::Embedding(std::span<const int32_t> ids, const Tensor& table, Tensor out) {
+  const int64_t hidden = table.dim(1);
+  TANDEM_CHECK_EQ(out.dim(1), hidden);
+  float* o = out.as<float>();
+  for (size_t t = 0; t < ids.size(); ++t) {
+    const int64_t row = ids[t];
+    TANDEM_CHECK(row >= 0 && row < table.dim(0)) << "token id " << row;
+    for (int64_t h = 0; h < hidden; ++h) o[t * hidden + h] = LoadScalar(table, row * hidden + h);
+  }
+  return OkStatus();
+}
+
+Status CpuBackend::RmsNorm(const Tensor& x, Tensor residual, const Tensor& weight, float eps,
+                           Tensor out) {
+  const int64_t rows = x.dim(0);
+  const int64_t hidden = x.dim(-1);
+  std::vector<float> w(hidden);
+  for (int64_t h = 0; h < hidden; ++h) w[h] = LoadScalar(weight, h);
+  pool_->ParallelFor(rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = x.as<const float>() + r * hidden;
+      const float* src = xr;
+      if (!residual.empty()) {
+        float* res = residual.as<float>() + r * hidden;
+        for (int64_t h = 0; h < hidden; ++h) res[h] += xr[h];
+        src = res;
+      }
+      double sum_sq = 0.0;
+      for (int64_t h = 0; h < hidden; ++h) sum_sq += static_cast<double>(src[h]) * src[h];
+      const float variance = static_cast<float>(sum_sq / static_cast<double>(hidden));
+      const float inv = 1.0f / std::sqrt(variance + eps);
+      float* o = out.as<float>() + r * hidden;
+      for (int64_t h = 0; h < hidden; ++h) o[h] = w[h] * (src[h] * inv);
+    }
+  });
+  return OkStatus();
+}
+
+Status CpuBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) {
+  cpu::Linear(x, weight, bias, out, *pool_);
+  return OkStatus();
+}
+
+Status CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor out) {
+  const int64_t n = gate.numel();
+  const float* g = gate.as<const float>();
+  const float* u = up.as<const float>();
+  float* o = out.as<float>();
+  pool_->ParallelFor(n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float silu = g[i] / (1.0f + std::exp(-g[i]));
+      o[i] = silu * u[i];
+    }
+  });
+  return OkStatus();
+}
+
+Status CpuBackend::RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+                                  const AttentionParams& params, const AttentionMetadata& meta,
+                                  KvLayerView cache) {
+  cpu::RopeAndWriteKv(q, k, v, rope, params, meta, cache, *pool_);
+  return OkStatus();
+}
+
+Status CpuBackend::Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
+                             const AttentionMetadata& meta, Tensor out) {
+  cpu::PagedAttention(q, cache, params, meta, out, *pool_);
+  return OkStatus();
+}
+
+Status CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) {
+  const size_t row_bytes = x.nbytes() / static_cast<size_t>(x.dim(0));
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::memcpy(static_cast<std::byte*>(out.data) + r * row_bytes,
+                static_cast<const std::byte*>(x.data) + static_cast<size_t>(rows[r]) * row_bytes,
+                row_bytes);
+  }
+  return OkStatus();
+}
+
+}  // namespace tandem

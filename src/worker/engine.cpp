@@ -1,0 +1,336 @@
+#include "worker/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include <spdlog/spdlog.h>
+
+#include "sampling/sampler.h"
+
+namespace tandem {
+namespace {
+
+double MillisBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+}  // namespace
+
+Status EngineConfig::Validate() const {
+  if (block_size < 1 || block_size > 1024) {
+    return InvalidArgumentError("block_size must be in [1, 1024], got " + std::to_string(block_size));
+  }
+  if (num_kv_blocks < 0) return InvalidArgumentError("num_kv_blocks must be >= 0");
+  if (num_kv_blocks == 0 && kv_cache_bytes <= 0) {
+    return InvalidArgumentError("kv_cache_bytes must be positive when num_kv_blocks is 0");
+  }
+  if (max_num_batched_tokens < 1) {
+    return InvalidArgumentError("max_num_batched_tokens must be >= 1, got " +
+                                std::to_string(max_num_batched_tokens));
+  }
+  if (max_num_seqs < 1) {
+    return InvalidArgumentError("max_num_seqs must be >= 1, got " + std::to_string(max_num_seqs));
+  }
+  if (max_model_len < 0) return InvalidArgumentError("max_model_len must be >= 0");
+  return OkStatus();
+}
+
+StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
+                                                 const ModelConfig& model_config,
+                                                 std::unique_ptr<WeightSource> weights,
+                                                 std::unique_ptr<Backend> backend) {
+  TANDEM_RETURN_IF_ERROR(config.Validate());
+  auto engine = std::unique_ptr<Engine>(new Engine());
+  engine->config_ = config;
+  engine->max_model_len_ = config.max_model_len > 0
+                               ? std::min(config.max_model_len, model_config.max_position_embeddings)
+                               : model_config.max_position_embeddings;
+  if (engine->max_model_len_ <= 0) {
+    return InvalidArgumentError("model has no max_position_embeddings; set max_model_len");
+  }
+  engine->backend_ = std::move(backend);
+  engine->weights_ = std::move(weights);
+  TANDEM_ASSIGN_OR_RETURN(engine->model_, LlamaModel::Load(model_config, *engine->weights_,
+                                                           *engine->backend_, engine->max_model_len_));
+  KvCacheShape shape;
+  shape.num_layers = static_cast<int32_t>(model_config.num_layers);
+  shape.block_size = config.block_size;
+  shape.num_kv_heads = static_cast<int32_t>(model_config.num_kv_heads);
+  shape.head_dim = static_cast<int32_t>(model_config.head_dim);
+  shape.dtype = engine->backend_->kv_cache_dtype();
+  shape.num_blocks = config.num_kv_blocks > 0
+                         ? config.num_kv_blocks
+                         : static_cast<int32_t>(std::min<int64_t>(
+                               config.kv_cache_bytes / shape.BytesPerBlock(), 1 << 30));
+  if (shape.num_blocks < 1) {
+    return ResourceExhaustedError("kv_cache_bytes " + std::to_string(config.kv_cache_bytes) +
+                                  " holds no KV block (one block needs " +
+                                  std::to_string(shape.BytesPerBlock()) + " bytes)");
+  }
+  TANDEM_ASSIGN_OR_RETURN(engine->kv_cache_, KvCache::Create(*engine->backend_, shape));
+  engine->blocks_ = std::make_unique<BlockManager>(
+      BlockManagerConfig{shape.num_blocks, config.block_size, config.enable_prefix_caching});
+  TANDEM_ASSIGN_OR_RETURN(auto policy, MakeSchedulingPolicy(config.scheduling_policy));
+  SchedulerConfig sched;
+  sched.max_num_batched_tokens = config.max_num_batched_tokens;
+  sched.max_num_seqs = config.max_num_seqs;
+  sched.enable_chunked_prefill = config.enable_chunked_prefill;
+  engine->scheduler_ = std::make_unique<Scheduler>(sched, engine->blocks_.get(), std::move(policy));
+  engine->eos_ids_ = model_config.eos_token_ids;
+  engine->seed_rng_.seed(config.seed);
+  spdlog::info("engine: {} backend, {} KV blocks of {} tokens ({:.1f} MiB), max_model_len {}",
+               engine->backend_->name(), shape.num_blocks, shape.block_size,
+               static_cast<double>(shape.BytesPerBlock()) * shape.num_blocks / (1 << 20),
+               engine->max_model_len_);
+  return engine;
+}
+
+Engine::~Engine() = default;
+
+Status Engine::AddRequest(Request request) {
+  const ModelConfig& mc = model_->config();
+  if (request.request_id.empty()) return InvalidArgumentError("request_id must not be empty");
+  if (sequences_.count(request.request_id) != 0) {
+    return AlreadyExistsError("request_id '" + request.request_id + "' is already in flight");
+  }
+  if (request.prompt_token_ids.empty()) return InvalidArgumentError("prompt must not be empty");
+  for (size_t i = 0; i < request.prompt_token_ids.size(); ++i) {
+    const TokenId id = request.prompt_token_ids[i];
+    if (id < 0 || id >= mc.vocab_size) {
+      return InvalidArgumentError("prompt token " + std::to_string(i) + " is " + std::to_string(id) +
+                                  ", outside the vocabulary [0, " + std::to_string(mc.vocab_size) + ")");
+    }
+  }
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt_token_ids.size());
+  if (prompt_len >= max_model_len_) {
+    return InvalidArgumentError("prompt has " + std::to_string(prompt_len) +
+                                " tokens; the model's context is " + std::to_string(max_model_len_) +
+                                " tokens (prompt + output), so at most " +
+                                std::to_string(max_model_len_ - 1) + " prompt tokens fit");
+  }
+  TANDEM_RETURN_IF_ERROR(request.sampling.Validate(mc.vocab_size));
+  const int64_t longest = std::min<int64_t>(prompt_len + request.sampling.max_tokens, max_model_len_);
+  const int32_t blocks_needed = blocks_->BlocksForTokens(longest);
+  if (blocks_needed > blocks_->config().num_blocks) {
+    return InvalidArgumentError("request needs up to " + std::to_string(blocks_needed) +
+                                " KV blocks (" + std::to_string(longest) +
+                                " tokens) but the whole cache has " +
+                                std::to_string(blocks_->config().num_blocks) +
+                                "; lower max_tokens or enlarge the KV cache");
+  }
+  const uint64_t seed = request.sampling.seed ? *request.sampling.seed : seed_rng_();
+  auto req = std::make_shared<const Request>(std::move(request));
+  auto seq = std::make_unique<Sequence>(next_seq_id_++, req, seed);
+  scheduler_->Add(seq.get());
+  sequences_.emplace(req->request_id, std::move(seq));
+  return OkStatus();
+}
+
+bool Engine::Abort(const std::string& request_id) {
+  auto it = sequences_.find(request_id);
+  if (it == sequences_.end()) return false;
+  Sequence& seq = *it->second;
+  FinishSequence(seq, FinishReason::kAbort);
+  pending_final_.push_back(MakeOutput(seq, /*final=*/true));
+  sequences_.erase(it);
+  return true;
+}
+
+void Engine::FinishSequence(Sequence& seq, FinishReason reason) {
+  scheduler_->Remove(&seq);  // frees every KV block it holds
+  seq.finish_reason = reason;
+  seq.TransitionTo(reason == FinishReason::kAbort || reason == FinishReason::kError
+                       ? SequenceState::kAborted
+                       : SequenceState::kFinished);
+}
+
+RequestOutput Engine::MakeOutput(Sequence& seq, bool final) {
+  RequestOutput out;
+  out.request_id = seq.request().request_id;
+  out.new_tokens = std::move(seq.pending_outputs);
+  seq.pending_outputs.clear();
+  out.finished = final;
+  out.finish_reason = seq.finish_reason;
+  out.num_prompt_tokens = seq.num_prompt_tokens();
+  out.num_cached_tokens = seq.num_cached_tokens;
+  out.num_output_tokens = seq.num_output_tokens();
+  const Clock::time_point arrival = seq.request().arrival_time;
+  if (seq.first_scheduled_time != Clock::time_point{}) {
+    out.queue_ms = MillisBetween(arrival, seq.first_scheduled_time);
+  }
+  if (seq.first_token_time != Clock::time_point{}) {
+    out.ttft_ms = MillisBetween(arrival, seq.first_token_time);
+    if (seq.num_output_tokens() > 1) {
+      out.tpot_ms = MillisBetween(seq.first_token_time, seq.last_token_time) /
+                    static_cast<double>(seq.num_output_tokens() - 1);
+    }
+  }
+  return out;
+}
+
+bool Engine::CheckStop(const Sequence& seq, TokenId token, FinishReason* reason) const {
+  const SamplingParams& sp = seq.sampling();
+  if (seq.num_output_tokens() >= sp.min_tokens) {
+    if (!sp.ignore_eos &&
+        std::find(eos_ids_.begin(), eos_ids_.end(), static_cast<int64_t>(token)) != eos_ids_.end()) {
+      *reason = FinishReason::kStop;
+      return true;
+    }
+    if (std::find(sp.stop_token_ids.begin(), sp.stop_token_ids.end(), token) !=
+        sp.stop_token_ids.end()) {
+      *reason = FinishReason::kStop;
+      return true;
+    }
+  }
+  if (seq.num_output_tokens() >= sp.max_tokens || seq.num_tokens() >= max_model_len_) {
+    *reason = FinishReason::kLength;
+    return true;
+  }
+  return false;
+}
+
+StatusOr<std::vector<RequestOutput>> Engine::Step() {
+  std::vector<RequestOutput> outputs = std::move(pending_final_);
+  pending_final_.clear();
+  if (!scheduler_->HasWork()) return outputs;
+
+  SchedulerOutput plan = scheduler_->Schedule();
+  num_preemptions_ += static_cast<int64_t>(plan.preempted.size());
+  if (plan.empty()) return outputs;
+  ++num_steps_;
+  const Clock::time_point step_start = Clock::now();
+
+  // Flatten the batch.
+  const int32_t bs = config_.block_size;
+  int32_t max_blocks = 0;
+  for (const auto& s : plan.scheduled) {
+    max_blocks = std::max<int32_t>(max_blocks, static_cast<int32_t>(blocks_->BlockTable(s.seq->id()).size()));
+  }
+  token_ids_.clear();
+  positions_.clear();
+  slot_mapping_.clear();
+  query_start_.assign(1, 0);
+  context_lens_.clear();
+  logits_rows_.clear();
+  block_tables_.assign(plan.scheduled.size() * static_cast<size_t>(max_blocks), 0);
+  int32_t max_query_len = 0, max_context_len = 0;
+  for (size_t i = 0; i < plan.scheduled.size(); ++i) {
+    const ScheduledSequence& s = plan.scheduled[i];
+    Sequence& seq = *s.seq;
+    if (seq.first_scheduled_time == Clock::time_point{}) seq.first_scheduled_time = step_start;
+    auto table = blocks_->BlockTable(seq.id());
+    std::copy(table.begin(), table.end(), block_tables_.begin() + static_cast<int64_t>(i) * max_blocks);
+    const int32_t begin = seq.num_computed_tokens;
+    const int32_t end = begin + s.num_tokens;
+    for (int32_t p = begin; p < end; ++p) {
+      token_ids_.push_back(seq.tokens()[p]);
+      positions_.push_back(p);
+      slot_mapping_.push_back(static_cast<int64_t>(table[p / bs]) * bs + p % bs);
+    }
+    query_start_.push_back(static_cast<int32_t>(token_ids_.size()));
+    context_lens_.push_back(end);
+    if (s.samples) logits_rows_.push_back(static_cast<int32_t>(token_ids_.size()) - 1);
+    max_query_len = std::max(max_query_len, s.num_tokens);
+    max_context_len = std::max(max_context_len, end);
+  }
+  ModelInput input;
+  input.token_ids = token_ids_;
+  input.logits_rows = logits_rows_;
+  AttentionMetadata& meta = input.attention;
+  meta.num_seqs = static_cast<int32_t>(plan.scheduled.size());
+  meta.num_tokens = static_cast<int32_t>(token_ids_.size());
+  meta.query_start = query_start_;
+  meta.context_lens = context_lens_;
+  meta.block_tables = block_tables_;
+  meta.max_blocks_per_seq = max_blocks;
+  meta.positions = positions_;
+  meta.slot_mapping = slot_mapping_;
+  meta.block_size = bs;
+  meta.max_query_len = max_query_len;
+  meta.max_context_len = max_context_len;
+
+  Status forward = model_->Forward(input, *kv_cache_, &logits_);
+  if (!forward.ok()) {
+    // The step failed as a whole: every request in it ends with the error; the engine goes on.
+    spdlog::error("engine step failed: {}", forward.ToString());
+    for (const auto& s : plan.scheduled) {
+      Sequence& seq = *s.seq;
+      FinishSequence(seq, FinishReason::kError);
+      RequestOutput out = MakeOutput(seq, true);
+      out.status = forward;
+      outputs.push_back(std::move(out));
+      sequences_.erase(seq.request().request_id);
+    }
+    return outputs;
+  }
+
+  // Sample, advance, check stops.
+  const int64_t vocab = model_->config().vocab_size;
+  size_t row = 0;
+  const Clock::time_point now = Clock::now();
+  std::vector<Sequence*> finished;
+  for (const auto& s : plan.scheduled) {
+    Sequence& seq = *s.seq;
+    seq.num_computed_tokens += s.num_tokens;
+    blocks_->CommitComputed(seq.id(), seq.tokens(), seq.num_computed_tokens);
+    if (!s.samples) continue;
+    std::span<float> row_logits(logits_.data() + row * vocab, static_cast<size_t>(vocab));
+    ++row;
+    SampleInput in;
+    in.params = &seq.sampling();
+    in.seed = seq.seed();
+    in.step = static_cast<uint64_t>(seq.num_output_tokens());
+    in.prompt_tokens = seq.prompt_tokens();
+    in.output_tokens = seq.output_tokens();
+    SampleOutput sampled = SampleToken(row_logits, in, &sample_scratch_);
+    seq.AppendToken(sampled.token);
+    TokenOutput tok;
+    tok.token = sampled.token;
+    tok.logprob = sampled.logprob;
+    for (const auto& lp : sampled.top_logprobs) tok.top_logprobs.emplace_back(lp.token, lp.logprob);
+    seq.pending_outputs.push_back(std::move(tok));
+    if (seq.first_token_time == Clock::time_point{}) seq.first_token_time = now;
+    seq.last_token_time = now;
+    FinishReason reason;
+    if (CheckStop(seq, sampled.token, &reason)) {
+      FinishSequence(seq, reason);
+      finished.push_back(&seq);
+    } else if (seq.state() == SequenceState::kPrefilling) {
+      // prefilling -> decoding (first token of this admission sampled)
+      seq.TransitionTo(SequenceState::kDecoding);
+    }
+  }
+  for (const auto& s : plan.scheduled) {
+    Sequence& seq = *s.seq;
+    const bool done = !seq.IsLive();
+    if (!done && seq.pending_outputs.empty()) continue;
+    outputs.push_back(MakeOutput(seq, done));
+  }
+  for (Sequence* seq : finished) sequences_.erase(seq->request().request_id);
+  return outputs;
+}
+
+EngineStats Engine::Stats() const {
+  EngineStats stats;
+  stats.blocks = blocks_->Stats();
+  stats.num_waiting = scheduler_->num_waiting();
+  stats.num_running = scheduler_->num_running();
+  stats.num_steps = num_steps_;
+  stats.num_preemptions = num_preemptions_;
+  return stats;
+}
+
+void Engine::CheckInvariants() const {
+  blocks_->CheckInvariants();
+  const BlockManagerStats s = blocks_->Stats();
+  TANDEM_CHECK_EQ(s.num_free + s.num_cached + s.num_in_use, s.num_total);
+  int64_t holding = 0;
+  for (const auto& [id, seq] : sequences_) {
+    TANDEM_CHECK(seq->IsLive());
+    if (blocks_->HasSequence(seq->id())) ++holding;
+  }
+  TANDEM_CHECK_LE(holding, static_cast<int64_t>(scheduler_->num_running()));
+  if (sequences_.empty()) TANDEM_CHECK_EQ(s.num_in_use, 0);
+}
+
+}  // namespace tandem

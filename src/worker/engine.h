@@ -1,0 +1,117 @@
+// Engine: one worker's continuous-batching loop over a model, a paged KV cache and a scheduler.
+//
+// Ownership: the engine owns the backend, the weights, the model, the KV cache, the block manager,
+// the scheduler and every live Sequence. Threading: not thread-safe; one thread (the worker's
+// engine thread) calls AddRequest / Abort / Step. Front ends talk to that thread through queues.
+//
+// A step: Schedule() -> build the flat token batch -> model forward -> sample the sequences whose
+// chunk reached their end -> commit computed KV to the prefix cache -> check stop conditions ->
+// free finished sequences -> return outputs.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "kv/block_manager.h"
+#include "kv/kv_cache.h"
+#include "model/llama_model.h"
+#include "model/weight_source.h"
+#include "scheduler/scheduler.h"
+#include "tandem/request.h"
+
+namespace tandem {
+
+struct EngineConfig {
+  int32_t block_size = 16;
+  // KV cache size: num_kv_blocks if > 0, else as many blocks as kv_cache_bytes holds.
+  int32_t num_kv_blocks = 0;
+  int64_t kv_cache_bytes = 512LL << 20;
+  int32_t max_num_batched_tokens = 2048;
+  int32_t max_num_seqs = 256;
+  // Longest sequence (prompt + output). 0: the model's max_position_embeddings.
+  int64_t max_model_len = 0;
+  bool enable_prefix_caching = true;
+  bool enable_chunked_prefill = true;
+  std::string scheduling_policy = "fcfs";
+  // Seeds the per-request seeds of requests that do not bring one.
+  uint64_t seed = 0;
+
+  Status Validate() const;
+};
+
+struct EngineStats {
+  BlockManagerStats blocks;
+  size_t num_waiting = 0;
+  size_t num_running = 0;
+  int64_t num_steps = 0;
+  int64_t num_preemptions = 0;
+};
+
+class Engine {
+ public:
+  // Takes ownership of the backend and the weights. Loads the model (validating every tensor).
+  static StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config,
+                                                  const ModelConfig& model_config,
+                                                  std::unique_ptr<WeightSource> weights,
+                                                  std::unique_ptr<Backend> backend);
+  ~Engine();
+
+  const EngineConfig& config() const { return config_; }
+  const ModelConfig& model_config() const { return model_->config(); }
+  int64_t max_model_len() const { return max_model_len_; }
+
+  // Validates and queues a request. InvalidArgument (bad ids, empty or too long prompt, bad
+  // sampling parameters, duplicate live id) leaves the engine untouched.
+  Status AddRequest(Request request);
+
+  // Aborts a live request at any point (waiting, mid-prefill, mid-decode): frees everything it
+  // holds and emits a final output with FinishReason::kAbort on the next Step(). Returns false if
+  // no live request has this id.
+  bool Abort(const std::string& request_id);
+
+  // Runs one step (if there is work) and returns outputs: new tokens of running requests and the
+  // final output of every request that finished or was aborted since the last call.
+  StatusOr<std::vector<RequestOutput>> Step();
+
+  bool HasUnfinished() const { return !sequences_.empty() || !pending_final_.empty(); }
+  EngineStats Stats() const;
+  // TANDEM_CHECKs the KV accounting and that no finished sequence holds blocks.
+  void CheckInvariants() const;
+
+ private:
+  Engine() = default;
+  RequestOutput MakeOutput(Sequence& seq, bool final);
+  void FinishSequence(Sequence& seq, FinishReason reason);
+  bool CheckStop(const Sequence& seq, TokenId token, FinishReason* reason) const;
+
+  EngineConfig config_;
+  int64_t max_model_len_ = 0;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<WeightSource> weights_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<KvCache> kv_cache_;
+  std::unique_ptr<BlockManager> blocks_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::vector<int64_t> eos_ids_;
+
+  SeqId next_seq_id_ = 1;
+  std::mt19937_64 seed_rng_;
+  std::unordered_map<std::string, std::unique_ptr<Sequence>> sequences_;  // live, by request id
+  std::vector<RequestOutput> pending_final_;  // finished outside Step (aborts)
+  int64_t num_steps_ = 0;
+  int64_t num_preemptions_ = 0;
+
+  // Per-step host buffers, reused.
+  std::vector<int32_t> token_ids_, positions_, query_start_, context_lens_, block_tables_,
+      logits_rows_;
+  std::vector<int64_t> slot_mapping_;
+  std::vector<float> logits_;
+  std::vector<float> sample_scratch_;
+};
+
+}  // namespace tandem
