@@ -89,6 +89,8 @@ Status LlamaModel::UploadAll(const WeightSource& weights) {
     std::unique_ptr<DeviceBuffer> storage;
     TANDEM_ASSIGN_OR_RETURN(Tensor t, backend_.UploadWeight(*host, &storage));
     if (storage) weight_storage_.push_back(std::move(storage));
+    // A zero-copy backend reads the host bytes in place: keep them alive with the model.
+    if (host->keepalive) host_keepalive_.push_back(host->keepalive);
     uploaded[spec.name] = t;
   }
   auto get = [&](const std::string& name) {

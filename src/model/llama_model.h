@@ -30,7 +30,7 @@ class LlamaModel {
  public:
   // Validates every tensor of `weights` against the config (missing tensor, wrong shape or dtype:
   // an error naming the source and the tensor), uploads them, precomputes RoPE tables for
-  // `max_positions`. `weights` must outlive the model (the CPU backend reads its bytes in place).
+  // `max_positions`. The model keeps the host bytes it was given alive (the CPU backend reads them in place).
   static StatusOr<std::unique_ptr<LlamaModel>> Load(const ModelConfig& config,
                                                     const WeightSource& weights, Backend& backend,
                                                     int64_t max_positions);
@@ -58,6 +58,7 @@ class LlamaModel {
   Backend& backend_;
   int64_t max_positions_ = 0;
   std::vector<std::unique_ptr<DeviceBuffer>> weight_storage_;
+  std::vector<std::shared_ptr<const void>> host_keepalive_;
   Tensor embed_tokens_, final_norm_, lm_head_;
   std::vector<LayerWeights> layers_;
   std::vector<std::unique_ptr<DeviceBuffer>> rope_storage_;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/half.h"
+
 namespace tandem {
 namespace {
 
@@ -97,6 +99,14 @@ RopeFrequencies ComputeRopeFrequencies(const ModelConfig& config) {
       }
       break;
     }
+  }
+  // HF transformers keeps inv_freq as a module buffer, which is cast with the weights when a
+  // bf16/fp16 checkpoint is loaded: the frequencies it rotates by are rounded to the checkpoint
+  // dtype. Do the same so logits match HF to float32 precision (the goldens confirm it: without
+  // this rounding the error grows with position to ~1e-1 at 1000 tokens).
+  for (float& f : out.inv_freq) {
+    if (config.dtype == DType::kBF16) f = Bf16ToF32(F32ToBf16(f));
+    if (config.dtype == DType::kF16) f = F16ToF32(F32ToF16(f));
   }
   return out;
 }
