@@ -3,6 +3,7 @@
 #include "sampling/sampler.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -13,8 +14,6 @@ namespace {
 
 using Candidate = SamplerScratch::Candidate;
 
-// Below this many candidates a selection step just sorts.
-constexpr size_t kSortCutoff = 32;
 // TopLogprobs keeps a sorted insertion buffer up to this n, else partial-sorts an index.
 constexpr int32_t kInsertionTopN = 64;
 
@@ -23,15 +22,20 @@ bool Before(const Candidate& a, const Candidate& b) {
   return a.weight > b.weight || (a.weight == b.weight && a.token < b.token);
 }
 
-// log(sum(exp(logits))) in double, max-subtracted. NaN if any logit is NaN.
+// log(sum(exp(logits))), max-subtracted: float exponentials, double sum (relative error ~1e-7).
+// NaN if any logit is NaN.
 double LogSumExp(std::span<const float> logits) {
   float max = -std::numeric_limits<float>::infinity();
   for (float v : logits) max = std::max(max, v);
   if (std::isinf(max)) return max;  // all -inf (or a +inf): the sum is dominated by max
   double sum = 0.0;
-  for (float v : logits) sum += std::exp(static_cast<double>(v) - max);
+  for (float v : logits) sum += std::exp(v - max);
   return static_cast<double>(max) + std::log(sum);
 }
+
+// TopLogprobs with log(sum(exp(logits))) already known.
+std::vector<TokenLogprob> TopLogprobsGivenLogZ(std::span<const float> logits, int32_t n,
+                                               double log_z);
 
 // Lowest id among the largest non-NaN logits; 0 when every logit is NaN.
 TokenId Argmax(std::span<const float> logits) {
@@ -50,33 +54,45 @@ TokenId Argmax(std::span<const float> logits) {
   return best;
 }
 
-// Reorders `c` so that its first r entries are the r first in Before order, where r is the smallest
-// count whose weights sum past `target` (sum > target when `strict`, >= otherwise), and returns r;
-// c.size() when no prefix gets there. Expected O(n): halves the range with nth_element.
-size_t SmallestPrefixReaching(std::span<Candidate> c, double target, bool strict) {
+// Positive floats order like their bit patterns, so bits >> kBucketShift buckets weights in (0, 1]
+// monotonically (8 exponent bits and the top 4 mantissa bits: 16 buckets per octave).
+constexpr int kBucketShift = 19;
+constexpr uint32_t kOneBits = 0x3F800000u;  // 1.0f, the largest weight
+constexpr size_t kNumBuckets = (kOneBits >> kBucketShift) + 1;
+
+uint32_t Bucket(float weight) {
+  return std::min(std::bit_cast<uint32_t>(weight), kOneBits) >> kBucketShift;
+}
+
+// Reorders `c` (weights in (0, 1]) so that its first r entries are the r first in Before order,
+// where r is the smallest count whose weights sum past `target` (sum > target when `strict`,
+// >= otherwise), and returns r; c.size() when no prefix gets there. O(n): per-bucket sums find the
+// bucket where the running sum crosses the target; only that bucket is sorted.
+size_t SmallestPrefixReaching(std::span<Candidate> c, double target, bool strict,
+                              std::vector<double>* bucket_sums) {
   auto reaches = [strict](double sum, double t) { return strict ? sum > t : sum >= t; };
-  size_t lo = 0;
-  size_t hi = c.size();
-  double t = target;  // what c[lo..) still has to add: c[0..lo) are the lo first and fall short
-  while (hi - lo > kSortCutoff) {
-    size_t mid = lo + (hi - lo) / 2;
-    std::nth_element(c.begin() + lo, c.begin() + mid, c.begin() + hi, Before);
-    double sum = 0.0;
-    for (size_t i = lo; i < mid; ++i) sum += c[i].weight;
-    if (reaches(sum, t)) {
-      hi = mid;
-    } else {
-      t -= sum;
-      lo = mid;
-    }
+  std::vector<double>& sums = *bucket_sums;
+  sums.assign(kNumBuckets, 0.0);
+  for (const Candidate& cand : c) sums[Bucket(cand.weight)] += cand.weight;
+  double t = target;  // what is left to reach once the buckets above are counted
+  size_t b = kNumBuckets;
+  while (b > 0 && !reaches(sums[b - 1], t)) {
+    t -= sums[b - 1];
+    --b;
   }
-  std::sort(c.begin() + lo, c.begin() + hi, Before);
+  if (b == 0) return c.size();  // rounding: the total reached the target, the buckets did not
+  const uint32_t bucket = static_cast<uint32_t>(b - 1);
+  auto above = std::partition(c.begin(), c.end(),
+                              [bucket](const Candidate& x) { return Bucket(x.weight) > bucket; });
+  auto same = std::partition(above, c.end(),
+                             [bucket](const Candidate& x) { return Bucket(x.weight) == bucket; });
+  std::sort(above, same, Before);
   double sum = 0.0;
-  for (size_t i = lo; i < hi; ++i) {
-    sum += c[i].weight;
-    if (reaches(sum, t)) return i + 1;
+  for (auto it = above; it != same; ++it) {
+    sum += it->weight;
+    if (reaches(sum, t)) return static_cast<size_t>(it - c.begin()) + 1;
   }
-  return hi;  // rounding: the range's total reached t but its running sum did not
+  return static_cast<size_t>(same - c.begin());  // rounding, as above
 }
 
 // Step 1. Records each changed token's raw logit in scratch->touched / raw_logits.
@@ -121,23 +137,33 @@ TokenId SampleFromDistribution(std::span<const float> logits, const SampleInput&
                                SamplerScratch* scratch) {
   const SamplingParams& p = *input.params;
   std::vector<Candidate>& c = scratch->candidates;
-  c.resize(logits.size());
+  c.clear();
+  const size_t vocab = logits.size();
+  const bool top_k = p.top_k > 0 && static_cast<size_t>(p.top_k) < vocab;
+  const size_t k = top_k ? static_cast<size_t>(p.top_k) : vocab;
+  // With top-k, a buffer of up to 2k candidates is cut back to the k best whenever it fills; a
+  // token no better than the k-th best so far (ties lose: its id is higher) is never buffered.
+  const size_t capacity = top_k ? 2 * k : vocab;
+  c.reserve(capacity);
+  auto keep_k_best = [&c, k]() {
+    std::nth_element(c.begin(), c.begin() + static_cast<std::ptrdiff_t>(k - 1), c.end(), Before);
+    c.resize(k);
+  };
   float max = -std::numeric_limits<float>::infinity();
-  size_t n = 0;
-  for (size_t i = 0; i < logits.size(); ++i) {
+  float threshold = -std::numeric_limits<float>::infinity();  // k-th best scaled logit so far
+  for (size_t i = 0; i < vocab; ++i) {
     float x = logits[i] / p.temperature;
-    if (std::isnan(x) || x == -std::numeric_limits<float>::infinity()) continue;
-    c[n++] = {x, static_cast<TokenId>(i)};
+    if (std::isnan(x) || x <= threshold) continue;  // also drops -inf
+    c.push_back({x, static_cast<TokenId>(i)});
     max = std::max(max, x);
+    if (c.size() == capacity && top_k) {
+      keep_k_best();
+      threshold = c[k - 1].weight;
+    }
   }
-  if (n == 0) return Argmax(logits);
-  c.resize(n);
+  if (c.empty()) return Argmax(logits);
+  if (top_k && c.size() > k) keep_k_best();
 
-  // top-k on the scaled logits (same order as the probabilities, ties by id).
-  if (p.top_k > 0 && static_cast<size_t>(p.top_k) < c.size()) {
-    std::nth_element(c.begin(), c.begin() + p.top_k, c.end(), Before);
-    c.resize(static_cast<size_t>(p.top_k));
-  }
   // Softmax numerators; the max token gets exactly 1 (also when max is +inf).
   size_t kept = 0;
   for (const Candidate& cand : c) {
@@ -150,21 +176,22 @@ TokenId SampleFromDistribution(std::span<const float> logits, const SampleInput&
   if (p.top_p < 1.0f) {
     double total = 0.0;
     for (const Candidate& cand : c) total += cand.weight;
-    c.resize(SmallestPrefixReaching(c, static_cast<double>(p.top_p) * total, /*strict=*/false));
+    c.resize(SmallestPrefixReaching(c, static_cast<double>(p.top_p) * total, /*strict=*/false,
+                                    &scratch->bucket_sums));
   }
   if (p.min_p > 0.0f) {
     float max_weight = 0.0f;
     for (const Candidate& cand : c) max_weight = std::max(max_weight, cand.weight);
-    float threshold = p.min_p * max_weight;
+    float cutoff = p.min_p * max_weight;
     auto end = std::remove_if(c.begin(), c.end(),
-                              [threshold](const Candidate& cand) { return cand.weight < threshold; });
+                              [cutoff](const Candidate& cand) { return cand.weight < cutoff; });
     c.erase(end, c.end());
   }
 
   double total = 0.0;
   for (const Candidate& cand : c) total += cand.weight;
   double target = static_cast<double>(PhiloxUniform(input.seed, input.step)) * total;
-  size_t r = SmallestPrefixReaching(c, target, /*strict=*/true);
+  size_t r = SmallestPrefixReaching(c, target, /*strict=*/true, &scratch->bucket_sums);
   return c[r - 1].token;
 }
 
@@ -184,7 +211,7 @@ SampleOutput SampleToken(std::span<float> logits, const SampleInput& input,
   double log_z = 0.0;
   if (p.logprobs >= 0) {
     log_z = LogSumExp(logits);
-    out.top_logprobs = TopLogprobs(logits, p.logprobs);
+    out.top_logprobs = TopLogprobsGivenLogZ(logits, p.logprobs, log_z);
   }
   ApplyPenalties(logits, input, scratch);
   out.token = p.temperature == 0.0f ? Argmax(logits) : SampleFromDistribution(logits, input, scratch);
@@ -211,6 +238,13 @@ float LogSoftmaxAt(std::span<const float> logits, TokenId token) {
 }
 
 std::vector<TokenLogprob> TopLogprobs(std::span<const float> logits, int32_t n) {
+  return TopLogprobsGivenLogZ(logits, n, LogSumExp(logits));
+}
+
+namespace {
+
+std::vector<TokenLogprob> TopLogprobsGivenLogZ(std::span<const float> logits, int32_t n,
+                                               double log_z) {
   size_t count = std::min(static_cast<size_t>(std::max(n, 0)), logits.size());
   std::vector<TokenLogprob> top;
   if (count == 0) return top;
@@ -238,9 +272,9 @@ std::vector<TokenLogprob> TopLogprobs(std::span<const float> logits, int32_t n) 
                       [&](TokenId a, TokenId b) { return before(logits[a], a, logits[b], b); });
     for (size_t i = 0; i < count; ++i) top.push_back({ids[i], logits[ids[i]]});
   }
-  double log_z = LogSumExp(logits);
   for (TokenLogprob& t : top) t.logprob = static_cast<float>(static_cast<double>(t.logprob) - log_z);
   return top;
 }
 
+}  // namespace
 }  // namespace tandem

@@ -59,6 +59,7 @@ struct SamplerScratch {
   std::vector<int32_t> marks;       // vocab-sized: per-token seen flag and output count
   std::vector<TokenId> touched;     // tokens whose logit the penalties changed
   std::vector<float> raw_logits;    // their logits before the penalties, parallel to `touched`
+  std::vector<double> bucket_sums;  // per weight bucket, for the top-p cut and the draw
 };
 
 // Samples one token from `logits` (one row, vocab-sized). Preconditions (checked): `input.params`
