@@ -211,24 +211,40 @@ std::string JsonDumps(const Value& value, const JsonOptions& options) {
 
 namespace {
 
-std::string FormatNumber(char conv, const Value& arg, int precision) {
-  if (conv == 'd' || conv == 'i') {
-    if (!arg.is_number()) ThrowTypeError("%d format: a real number is required, not " + arg.TypeName());
-    if (arg.is_integral()) return std::to_string(arg.as_int());
-    return std::to_string(static_cast<int64_t>(std::trunc(arg.as_float())));
+// One printf-style conversion with Python's flags ("-+ 0#"), width and precision.
+std::string FormatOne(const std::string& flags, int width, int precision, char conv, const Value& arg) {
+  std::string body;
+  if (conv == 's' || conv == 'r') {
+    body = conv == 's' ? arg.Str() : arg.Repr();
+    if (precision >= 0) body = Encode(Decode(body).substr(0, static_cast<size_t>(precision)));
+    int pad = width - static_cast<int>(CodePointCount(body));
+    if (pad > 0) {
+      body = flags.find('-') != std::string::npos ? body + std::string(pad, ' ') : std::string(pad, ' ') + body;
+    }
+    return body;
   }
-  if (conv == 'x') {
-    if (!arg.is_integral()) ThrowTypeError("%x format: an integer is required, not " + arg.TypeName());
-    char buf[32];
-    int64_t n = arg.as_int();
-    std::snprintf(buf, sizeof(buf), "%s%llx", n < 0 ? "-" : "",
-                  static_cast<unsigned long long>(n < 0 ? -n : n));
+  if (!arg.is_number()) {
+    if (arg.is_undefined()) arg.ThrowUndefined();
+    ThrowTypeError(std::string("%") + conv + " format: a real number is required, not " + arg.TypeName());
+  }
+  std::string spec = "%" + flags;
+  if (width > 0) spec += std::to_string(width);
+  char buf[512];
+  if (conv == 'd' || conv == 'i' || conv == 'x' || conv == 'X' || conv == 'o') {
+    if (conv != 'd' && conv != 'i' && !arg.is_integral()) {
+      ThrowTypeError(std::string("%") + conv + " format: an integer is required, not " + arg.TypeName());
+    }
+    long long n = arg.is_integral() ? arg.as_int() : static_cast<long long>(std::trunc(arg.as_float()));
+    spec += std::string("ll") + (conv == 'i' ? 'd' : conv);
+    std::snprintf(buf, sizeof(buf), spec.c_str(), n);
     return buf;
   }
-  if (!arg.is_number()) ThrowTypeError("must be real number, not " + arg.TypeName());
-  char buf[512];
-  std::snprintf(buf, sizeof(buf), "%.*f", precision < 0 ? 6 : std::min(precision, 100), arg.as_float());
-  return buf;
+  if (conv == 'f' || conv == 'F' || conv == 'e' || conv == 'E' || conv == 'g' || conv == 'G') {
+    spec += "." + std::to_string(precision < 0 ? 6 : std::min(precision, 100)) + conv;
+    std::snprintf(buf, sizeof(buf), spec.c_str(), arg.as_float());
+    return buf;
+  }
+  ThrowTypeError(std::string("unsupported format character '") + conv + "'");
 }
 
 }  // namespace
@@ -248,30 +264,23 @@ std::string PercentFormat(std::string_view fmt, const Value& args) {
       continue;
     }
     ++i;
-    if (i >= fmt.size()) ThrowTypeError("incomplete format");
-    if (fmt[i] == '%') {
+    if (i < fmt.size() && fmt[i] == '%') {
       out.push_back('%');
       continue;
     }
+    std::string flags;
+    while (i < fmt.size() && std::string_view("-+ 0#").find(fmt[i]) != std::string_view::npos) flags.push_back(fmt[i++]);
+    int width = 0;
+    while (i < fmt.size() && fmt[i] >= '0' && fmt[i] <= '9') width = std::min(width * 10 + (fmt[i++] - '0'), 4096);
     int precision = -1;
-    if (fmt[i] == '.') {
+    if (i < fmt.size() && fmt[i] == '.') {
       precision = 0;
       ++i;
-      while (i < fmt.size() && fmt[i] >= '0' && fmt[i] <= '9') precision = precision * 10 + (fmt[i++] - '0');
+      while (i < fmt.size() && fmt[i] >= '0' && fmt[i] <= '9') precision = std::min(precision * 10 + (fmt[i++] - '0'), 4096);
     }
     if (i >= fmt.size()) ThrowTypeError("incomplete format");
     if (next >= list.size()) ThrowTypeError("not enough arguments for format string");
-    const Value& arg = list[next++];
-    char conv = fmt[i];
-    if (conv == 's') {
-      out += arg.Str();
-    } else if (conv == 'r') {
-      out += arg.Repr();
-    } else if (conv == 'd' || conv == 'i' || conv == 'f' || conv == 'x') {
-      out += FormatNumber(conv, arg, precision);
-    } else {
-      ThrowTypeError(std::string("unsupported format character '") + conv + "'");
-    }
+    out += FormatOne(flags, width, precision, fmt[i], list[next++]);
   }
   if (next < list.size()) ThrowTypeError("not all arguments converted during string formatting");
   return out;

@@ -253,9 +253,7 @@ std::vector<std::string> Split(std::string_view s, const std::string* sep, int64
     while (i < text.size() && IsSpace(text[i])) ++i;
     if (i >= text.size()) break;
     if (maxsplit >= 0 && static_cast<int64_t>(parts.size()) >= maxsplit) {
-      size_t e = text.size();
-      while (e > i && IsSpace(text[e - 1])) --e;
-      parts.push_back(Encode(std::u32string_view(text).substr(i, e - i)));
+      parts.push_back(Encode(std::u32string_view(text).substr(i)));  // the rest, as Python keeps it
       break;
     }
     size_t b = i;
