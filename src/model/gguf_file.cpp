@@ -527,4 +527,28 @@ StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key) const
   return out;
 }
 
+StatusOr<std::optional<int64_t>> GgufFile::FindInt(std::string_view key) const {
+  if (FindValue(key) == nullptr) return std::optional<int64_t>();
+  TANDEM_ASSIGN_OR_RETURN(int64_t v, GetInt(key));
+  return std::optional<int64_t>(v);
+}
+
+StatusOr<std::optional<double>> GgufFile::FindFloat(std::string_view key) const {
+  if (FindValue(key) == nullptr) return std::optional<double>();
+  TANDEM_ASSIGN_OR_RETURN(double v, GetFloat(key));
+  return std::optional<double>(v);
+}
+
+StatusOr<std::optional<bool>> GgufFile::FindBool(std::string_view key) const {
+  if (FindValue(key) == nullptr) return std::optional<bool>();
+  TANDEM_ASSIGN_OR_RETURN(bool v, GetBool(key));
+  return std::optional<bool>(v);
+}
+
+StatusOr<std::optional<std::string>> GgufFile::FindString(std::string_view key) const {
+  if (FindValue(key) == nullptr) return std::optional<std::string>();
+  TANDEM_ASSIGN_OR_RETURN(std::string v, GetString(key));
+  return std::optional<std::string>(std::move(v));
+}
+
 }  // namespace tandem

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -99,6 +100,11 @@ class GgufFile {
   StatusOr<std::string> GetString(std::string_view key) const;
   StatusOr<std::vector<std::string>> GetStringArray(std::string_view key) const;
   StatusOr<std::vector<int64_t>> GetIntArray(std::string_view key) const;
+  // The same for optional keys: nullopt when absent, still an error when present but mistyped.
+  StatusOr<std::optional<int64_t>> FindInt(std::string_view key) const;
+  StatusOr<std::optional<double>> FindFloat(std::string_view key) const;
+  StatusOr<std::optional<bool>> FindBool(std::string_view key) const;
+  StatusOr<std::optional<std::string>> FindString(std::string_view key) const;
 
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* FindTensor(std::string_view name) const;

@@ -4,31 +4,9 @@
 #include <string>
 
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 namespace tandem {
 namespace {
-
-// Optional getters: absent keys are nullopt, present keys of the wrong type are errors.
-StatusOr<std::optional<int64_t>> OptionalInt(const GgufFile& f, const std::string& key) {
-  if (f.FindValue(key) == nullptr) return std::optional<int64_t>();
-  TANDEM_ASSIGN_OR_RETURN(int64_t v, f.GetInt(key));
-  return std::optional<int64_t>(v);
-}
-StatusOr<std::optional<double>> OptionalFloat(const GgufFile& f, const std::string& key) {
-  if (f.FindValue(key) == nullptr) return std::optional<double>();
-  TANDEM_ASSIGN_OR_RETURN(double v, f.GetFloat(key));
-  return std::optional<double>(v);
-}
-StatusOr<std::optional<std::string>> OptionalString(const GgufFile& f, const std::string& key) {
-  if (f.FindValue(key) == nullptr) return std::optional<std::string>();
-  TANDEM_ASSIGN_OR_RETURN(std::string v, f.GetString(key));
-  return std::optional<std::string>(std::move(v));
-}
-StatusOr<bool> BoolOr(const GgufFile& f, const std::string& key, bool fallback) {
-  if (f.FindValue(key) == nullptr) return fallback;
-  return f.GetBool(key);
-}
 
 Status FieldError(const GgufFile& f, std::string_view key, std::string_view what) {
   return InvalidArgumentError(fmt::format("{}: metadata key '{}' {}", f.path().string(), key, what));
@@ -43,9 +21,9 @@ StatusOr<int64_t> PositiveInt(const GgufFile& f, const std::string& key) {
 
 Status ParseRopeScaling(const GgufFile& f, const std::string& a, ModelConfig* c) {
   RopeConfig& rope = c->rope;
-  TANDEM_ASSIGN_OR_RETURN(std::optional<std::string> type, OptionalString(f, a + ".rope.scaling.type"));
-  TANDEM_ASSIGN_OR_RETURN(std::optional<double> factor, OptionalFloat(f, a + ".rope.scaling.factor"));
-  TANDEM_ASSIGN_OR_RETURN(std::optional<double> scale_linear, OptionalFloat(f, a + ".rope.scale_linear"));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<std::string> type, f.FindString(a + ".rope.scaling.type"));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<double> factor, f.FindFloat(a + ".rope.scaling.factor"));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<double> scale_linear, f.FindFloat(a + ".rope.scale_linear"));
   if (!type && scale_linear && *scale_linear != 1.0) {  // pre-2024 files
     type = "linear";
     factor = scale_linear;
@@ -69,14 +47,14 @@ Status ParseRopeScaling(const GgufFile& f, const std::string& a, ModelConfig* c)
   rope.factor = *factor;
   if (rope.type == RopeType::kYarn) {
     TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> original,
-                            OptionalInt(f, a + ".rope.scaling.original_context_length"));
+                            f.FindInt(a + ".rope.scaling.original_context_length"));
     rope.original_max_position_embeddings = original.value_or(c->max_position_embeddings);
     if (rope.original_max_position_embeddings <= 0) {
       return FieldError(f, a + ".rope.scaling.original_context_length", "must be > 0");
     }
-    TANDEM_ASSIGN_OR_RETURN(std::optional<double> beta_fast, OptionalFloat(f, a + ".rope.scaling.yarn_beta_fast"));
-    TANDEM_ASSIGN_OR_RETURN(std::optional<double> beta_slow, OptionalFloat(f, a + ".rope.scaling.yarn_beta_slow"));
-    TANDEM_ASSIGN_OR_RETURN(std::optional<double> attn, OptionalFloat(f, a + ".rope.scaling.attn_factor"));
+    TANDEM_ASSIGN_OR_RETURN(std::optional<double> beta_fast, f.FindFloat(a + ".rope.scaling.yarn_beta_fast"));
+    TANDEM_ASSIGN_OR_RETURN(std::optional<double> beta_slow, f.FindFloat(a + ".rope.scaling.yarn_beta_slow"));
+    TANDEM_ASSIGN_OR_RETURN(std::optional<double> attn, f.FindFloat(a + ".rope.scaling.attn_factor"));
     if (beta_fast) rope.beta_fast = *beta_fast;
     if (beta_slow) rope.beta_slow = *beta_slow;
     if (attn) rope.attention_factor = *attn;
@@ -85,16 +63,10 @@ Status ParseRopeScaling(const GgufFile& f, const std::string& a, ModelConfig* c)
 }
 
 // An optional token id that must index the vocabulary.
-StatusOr<std::optional<int32_t>> TokenId(const GgufFile& f, const std::string& key, size_t n_tokens,
-                                         bool strict) {
-  TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> id, OptionalInt(f, key));
+StatusOr<std::optional<int32_t>> TokenId(const GgufFile& f, const std::string& key, size_t n_tokens) {
+  TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> id, f.FindInt(key));
   if (!id) return std::optional<int32_t>();
   if (*id < 0 || static_cast<uint64_t>(*id) >= n_tokens) {
-    if (!strict) {
-      spdlog::warn("{}: ignoring metadata key '{}' = {}: not in [0, {})", f.path().string(), key,
-                   *id, n_tokens);
-      return std::optional<int32_t>();
-    }
     return FieldError(f, key, fmt::format("= {} is not a token id in [0, {})", *id, n_tokens));
   }
   return std::optional<int32_t>(static_cast<int32_t>(*id));
@@ -120,7 +92,7 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
   TANDEM_ASSIGN_OR_RETURN(c.num_heads, PositiveInt(f, a + ".attention.head_count"));
   TANDEM_ASSIGN_OR_RETURN(c.max_position_embeddings, PositiveInt(f, a + ".context_length"));
   TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> kv_heads,
-                          OptionalInt(f, a + ".attention.head_count_kv"));
+                          f.FindInt(a + ".attention.head_count_kv"));
   c.num_kv_heads = kv_heads.value_or(c.num_heads);
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
     return FieldError(f, a + ".attention.head_count_kv",
@@ -128,9 +100,9 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
                                   c.num_kv_heads, a, c.num_heads));
   }
   TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> key_length,
-                          OptionalInt(f, a + ".attention.key_length"));
+                          f.FindInt(a + ".attention.key_length"));
   TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> value_length,
-                          OptionalInt(f, a + ".attention.value_length"));
+                          f.FindInt(a + ".attention.value_length"));
   if (key_length) {
     c.head_dim = *key_length;
   } else if (c.hidden_size % c.num_heads == 0) {
@@ -149,19 +121,19 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
                       fmt::format("= {} differs from the key length {} (not supported)",
                                   *value_length, c.head_dim));
   }
-  TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> rope_dims, OptionalInt(f, a + ".rope.dimension_count"));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> rope_dims, f.FindInt(a + ".rope.dimension_count"));
   if (rope_dims && *rope_dims != c.head_dim) {
     return FieldError(f, a + ".rope.dimension_count",
                       fmt::format("= {} differs from the head dim {} (partial rotary embeddings are "
                                   "not supported for llama)", *rope_dims, c.head_dim));
   }
   TANDEM_ASSIGN_OR_RETURN(std::optional<double> eps,
-                          OptionalFloat(f, a + ".attention.layer_norm_rms_epsilon"));
+                          f.FindFloat(a + ".attention.layer_norm_rms_epsilon"));
   if (!eps || !(*eps > 0.0 && *eps < 1.0)) {
     return FieldError(f, a + ".attention.layer_norm_rms_epsilon", "must be present and in (0, 1)");
   }
   c.rms_norm_eps = *eps;
-  TANDEM_ASSIGN_OR_RETURN(std::optional<double> theta, OptionalFloat(f, a + ".rope.freq_base"));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<double> theta, f.FindFloat(a + ".rope.freq_base"));
   c.rope.theta = theta.value_or(10000.0);
   if (!(c.rope.theta > 0.0)) {
     return FieldError(f, a + ".rope.freq_base", fmt::format("must be > 0, got {}", c.rope.theta));
@@ -174,7 +146,7 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
   }
 
   // Vocabulary size: llama.vocab_size, else the token list, else the embedding's row count.
-  TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> vocab, OptionalInt(f, a + ".vocab_size"));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<int64_t> vocab, f.FindInt(a + ".vocab_size"));
   if (!vocab) {
     if (const GgufValue* tokens = f.FindValue("tokenizer.ggml.tokens");
         tokens != nullptr && tokens->type == GgufValueType::kArray) {
@@ -197,72 +169,13 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
   c.mlp_bias = f.FindTensor("blk.0.ffn_up.bias") != nullptr;
 
   const auto n_ids = static_cast<size_t>(c.vocab_size);
-  TANDEM_ASSIGN_OR_RETURN(std::optional<int32_t> bos, TokenId(f, "tokenizer.ggml.bos_token_id", n_ids, true));
-  TANDEM_ASSIGN_OR_RETURN(std::optional<int32_t> eos, TokenId(f, "tokenizer.ggml.eos_token_id", n_ids, true));
-  TANDEM_ASSIGN_OR_RETURN(std::optional<int32_t> eot, TokenId(f, "tokenizer.ggml.eot_token_id", n_ids, true));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<int32_t> bos, TokenId(f, "tokenizer.ggml.bos_token_id", n_ids));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<int32_t> eos, TokenId(f, "tokenizer.ggml.eos_token_id", n_ids));
+  TANDEM_ASSIGN_OR_RETURN(std::optional<int32_t> eot, TokenId(f, "tokenizer.ggml.eot_token_id", n_ids));
   if (bos) c.bos_token_id = *bos;
   if (eos) c.eos_token_ids.push_back(*eos);
   if (eot && eot != eos) c.eos_token_ids.push_back(*eot);
   return c;
-}
-
-StatusOr<VocabSpec> VocabSpecFromGguf(const GgufFile& f) {
-  VocabSpec v;
-  TANDEM_ASSIGN_OR_RETURN(v.model, f.GetString("tokenizer.ggml.model"));
-  if (v.model != "gpt2" && v.model != "llama") {
-    return FieldError(f, "tokenizer.ggml.model",
-                      fmt::format("is '{}'; supported tokenizers are 'gpt2' (byte-level BPE) and "
-                                  "'llama'", v.model));
-  }
-  TANDEM_ASSIGN_OR_RETURN(std::optional<std::string> pre, OptionalString(f, "tokenizer.ggml.pre"));
-  v.pre = pre.value_or("default");
-  TANDEM_ASSIGN_OR_RETURN(v.tokens, f.GetStringArray("tokenizer.ggml.tokens"));
-  if (v.tokens.empty()) return FieldError(f, "tokenizer.ggml.tokens", "is empty");
-  const size_t n = v.tokens.size();
-
-  if (f.FindValue("tokenizer.ggml.merges") != nullptr) {
-    TANDEM_ASSIGN_OR_RETURN(v.merges, f.GetStringArray("tokenizer.ggml.merges"));
-  }
-  if (v.model == "gpt2" && v.merges.empty()) {
-    return FieldError(f, "tokenizer.ggml.merges", "is missing or empty (required for 'gpt2' BPE)");
-  }
-  if (const GgufValue* scores = f.FindValue("tokenizer.ggml.scores")) {
-    if (scores->type != GgufValueType::kArray || scores->element_type != GgufValueType::kFloat32 ||
-        scores->elements.size() != n) {
-      return FieldError(f, "tokenizer.ggml.scores",
-                        fmt::format("must be an array of {} float32 (one per token)", n));
-    }
-    v.scores.reserve(n);
-    for (const GgufValue& e : scores->elements) v.scores.push_back(static_cast<float>(e.float_value));
-  }
-  if (f.FindValue("tokenizer.ggml.token_type") != nullptr) {
-    TANDEM_ASSIGN_OR_RETURN(std::vector<int64_t> types, f.GetIntArray("tokenizer.ggml.token_type"));
-    if (types.size() != n) {
-      return FieldError(f, "tokenizer.ggml.token_type",
-                        fmt::format("has {} entries for {} tokens", types.size(), n));
-    }
-    v.token_types.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      if (types[i] < 0 || types[i] > static_cast<int64_t>(VocabTokenType::kByte)) {
-        return FieldError(f, "tokenizer.ggml.token_type",
-                          fmt::format("entry {} = {} is not a token type in [0, 6]", i, types[i]));
-      }
-      v.token_types.push_back(static_cast<VocabTokenType>(types[i]));
-    }
-  }
-  TANDEM_ASSIGN_OR_RETURN(v.bos_id, TokenId(f, "tokenizer.ggml.bos_token_id", n, true));
-  TANDEM_ASSIGN_OR_RETURN(v.eos_id, TokenId(f, "tokenizer.ggml.eos_token_id", n, true));
-  TANDEM_ASSIGN_OR_RETURN(v.eot_id, TokenId(f, "tokenizer.ggml.eot_token_id", n, true));
-  TANDEM_ASSIGN_OR_RETURN(v.unknown_id, TokenId(f, "tokenizer.ggml.unknown_token_id", n, false));
-  TANDEM_ASSIGN_OR_RETURN(v.padding_id, TokenId(f, "tokenizer.ggml.padding_token_id", n, false));
-  TANDEM_ASSIGN_OR_RETURN(v.add_bos, BoolOr(f, "tokenizer.ggml.add_bos_token", v.add_bos));
-  TANDEM_ASSIGN_OR_RETURN(v.add_eos, BoolOr(f, "tokenizer.ggml.add_eos_token", v.add_eos));
-  TANDEM_ASSIGN_OR_RETURN(v.add_space_prefix,
-                          BoolOr(f, "tokenizer.ggml.add_space_prefix", v.add_space_prefix));
-  TANDEM_ASSIGN_OR_RETURN(std::optional<std::string> tmpl,
-                          OptionalString(f, "tokenizer.chat_template"));
-  v.chat_template = tmpl.value_or("");
-  return v;
 }
 
 }  // namespace tandem

@@ -1,10 +1,9 @@
-// ModelConfig and VocabSpec from GGUF metadata (llama architecture).
+// ModelConfig from GGUF metadata (llama architecture).
 #pragma once
 
 #include "model/gguf_file.h"
 #include "model/model_config.h"
 #include "tandem/status.h"
-#include "tokenizer/vocab_spec.h"
 
 namespace tandem {
 
@@ -14,10 +13,5 @@ namespace tandem {
 // missing or out-of-range fields, inconsistent head counts, llama3 rope factors (`rope_freqs.weight`,
 // not supported yet), a rope dimension other than head_dim.
 StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& file);
-
-// Reads the `tokenizer.ggml.*` keys and `tokenizer.chat_template`. `tokenizer.ggml.model` must be
-// "gpt2" (byte-level BPE; merges required) or "llama"; token types and scores, when present, must
-// have one entry per token; bos/eos/eot ids must index the token list.
-StatusOr<VocabSpec> VocabSpecFromGguf(const GgufFile& file);
 
 }  // namespace tandem

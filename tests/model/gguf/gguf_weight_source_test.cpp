@@ -11,6 +11,7 @@
 #include "common/half.h"
 #include "gguf_test_util.h"
 #include "model/gguf_model_config.h"
+#include "model/gguf_vocab.h"
 #include "model/safetensors_checkpoint.h"
 
 namespace tandem {
