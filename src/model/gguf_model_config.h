@@ -2,6 +2,7 @@
 #pragma once
 
 #include "model/gguf_file.h"
+#include "model/gguf_vocab.h"  // VocabSpecFromGguf lived here first; callers may still expect it
 #include "model/model_config.h"
 #include "tandem/status.h"
 
