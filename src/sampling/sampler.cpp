@@ -64,35 +64,40 @@ uint32_t Bucket(float weight) {
   return std::min(std::bit_cast<uint32_t>(weight), kOneBits) >> kBucketShift;
 }
 
-// Reorders `c` (weights in (0, 1]) so that its first r entries are the r first in Before order,
-// where r is the smallest count whose weights sum past `target` (sum > target when `strict`,
-// >= otherwise), and returns r; c.size() when no prefix gets there. O(n): per-bucket sums find the
-// bucket where the running sum crosses the target; only that bucket is sorted.
-size_t SmallestPrefixReaching(std::span<Candidate> c, double target, bool strict,
-                              std::vector<double>* bucket_sums) {
+// The first candidate, in Before order, at which the running sum of weights gets past `target`
+// (sum > target when `strict`, >= otherwise); the last candidate when rounding keeps the sum short.
+// `c` (weights in (0, 1], not empty) is not reordered. O(n): per-bucket sums find the bucket where
+// the running sum crosses the target; only that bucket's candidates are sorted.
+Candidate FirstReaching(std::span<const Candidate> c, double target, bool strict,
+                        SamplerScratch* scratch) {
   auto reaches = [strict](double sum, double t) { return strict ? sum > t : sum >= t; };
-  std::vector<double>& sums = *bucket_sums;
+  std::vector<double>& sums = scratch->bucket_sums;
   sums.assign(kNumBuckets, 0.0);
-  for (const Candidate& cand : c) sums[Bucket(cand.weight)] += cand.weight;
+  uint32_t lowest = static_cast<uint32_t>(kNumBuckets - 1);
+  for (const Candidate& cand : c) {
+    uint32_t b = Bucket(cand.weight);
+    sums[b] += cand.weight;
+    lowest = std::min(lowest, b);
+  }
   double t = target;  // what is left to reach once the buckets above are counted
-  size_t b = kNumBuckets;
-  while (b > 0 && !reaches(sums[b - 1], t)) {
-    t -= sums[b - 1];
-    --b;
+  uint32_t bucket = static_cast<uint32_t>(kNumBuckets - 1);
+  while (bucket > lowest && !reaches(sums[bucket], t)) {
+    t -= sums[bucket];
+    --bucket;
   }
-  if (b == 0) return c.size();  // rounding: the total reached the target, the buckets did not
-  const uint32_t bucket = static_cast<uint32_t>(b - 1);
-  auto above = std::partition(c.begin(), c.end(),
-                              [bucket](const Candidate& x) { return Bucket(x.weight) > bucket; });
-  auto same = std::partition(above, c.end(),
-                             [bucket](const Candidate& x) { return Bucket(x.weight) == bucket; });
-  std::sort(above, same, Before);
+  std::vector<Candidate>& items = scratch->bucket_items;
+  items.clear();
+  for (const Candidate& cand : c) {
+    if (Bucket(cand.weight) == bucket) items.push_back(cand);
+  }
+  TANDEM_CHECK(!items.empty()) << "bucket " << bucket << " was chosen for holding weight";
+  std::sort(items.begin(), items.end(), Before);
   double sum = 0.0;
-  for (auto it = above; it != same; ++it) {
-    sum += it->weight;
-    if (reaches(sum, t)) return static_cast<size_t>(it - c.begin()) + 1;
+  for (const Candidate& cand : items) {
+    sum += cand.weight;
+    if (reaches(sum, t)) return cand;
   }
-  return static_cast<size_t>(same - c.begin());  // rounding, as above
+  return items.back();  // rounding: the bucket's total reached t but its running sum did not
 }
 
 // Step 1. Records each changed token's raw logit in scratch->touched / raw_logits.
@@ -176,8 +181,11 @@ TokenId SampleFromDistribution(std::span<const float> logits, const SampleInput&
   if (p.top_p < 1.0f) {
     double total = 0.0;
     for (const Candidate& cand : c) total += cand.weight;
-    c.resize(SmallestPrefixReaching(c, static_cast<double>(p.top_p) * total, /*strict=*/false,
-                                    &scratch->bucket_sums));
+    Candidate last =
+        FirstReaching(c, static_cast<double>(p.top_p) * total, /*strict=*/false, scratch);
+    auto end = std::remove_if(c.begin(), c.end(),
+                              [last](const Candidate& cand) { return Before(last, cand); });
+    c.erase(end, c.end());
   }
   if (p.min_p > 0.0f) {
     float max_weight = 0.0f;
@@ -191,8 +199,7 @@ TokenId SampleFromDistribution(std::span<const float> logits, const SampleInput&
   double total = 0.0;
   for (const Candidate& cand : c) total += cand.weight;
   double target = static_cast<double>(PhiloxUniform(input.seed, input.step)) * total;
-  size_t r = SmallestPrefixReaching(c, target, /*strict=*/true, &scratch->bucket_sums);
-  return c[r - 1].token;
+  return FirstReaching(c, target, /*strict=*/true, scratch).token;
 }
 
 }  // namespace
@@ -214,7 +221,8 @@ SampleOutput SampleToken(std::span<float> logits, const SampleInput& input,
     out.top_logprobs = TopLogprobsGivenLogZ(logits, p.logprobs, log_z);
   }
   ApplyPenalties(logits, input, scratch);
-  out.token = p.temperature == 0.0f ? Argmax(logits) : SampleFromDistribution(logits, input, scratch);
+  out.token =
+      p.temperature == 0.0f ? Argmax(logits) : SampleFromDistribution(logits, input, scratch);
 
   if (p.logprobs >= 0) {
     float raw = logits[out.token];
@@ -261,7 +269,8 @@ std::vector<TokenLogprob> TopLogprobsGivenLogZ(std::span<const float> logits, in
         continue;
       }
       auto pos = top.end();
-      while (pos != top.begin() && before(logits[i], id, (pos - 1)->logprob, (pos - 1)->token)) --pos;
+      while (pos != top.begin() && before(logits[i], id, (pos - 1)->logprob, (pos - 1)->token))
+        --pos;
       top.insert(pos, {id, logits[i]});
       if (top.size() > count) top.pop_back();
     }
@@ -272,7 +281,8 @@ std::vector<TokenLogprob> TopLogprobsGivenLogZ(std::span<const float> logits, in
                       [&](TokenId a, TokenId b) { return before(logits[a], a, logits[b], b); });
     for (size_t i = 0; i < count; ++i) top.push_back({ids[i], logits[ids[i]]});
   }
-  for (TokenLogprob& t : top) t.logprob = static_cast<float>(static_cast<double>(t.logprob) - log_z);
+  for (TokenLogprob& t : top)
+    t.logprob = static_cast<float>(static_cast<double>(t.logprob) - log_z);
   return top;
 }
 

@@ -6,9 +6,9 @@
 //   3. temperature == 0: argmax (lowest id wins ties) — done;
 //   4. divide by temperature, softmax (max-subtracted), then in this order top-k, top-p, min-p,
 //      each on the renormalized distribution left by the previous one;
-//   5. draw u in [0, 1) from a counter-based Philox4x32-10 stream keyed by (seed, step) and walk the
-//      kept tokens in descending probability (ties by ascending id) to the first whose cumulative
-//      probability exceeds u * total.
+//   5. draw u in [0, 1) from a counter-based Philox4x32-10 stream keyed by (seed, step) and
+//      walk the kept tokens in descending probability (ties by ascending id) to the first whose
+//      cumulative probability exceeds u * total.
 // The draw depends only on (seed, step), never on the batch, so seeded requests are reproducible.
 #pragma once
 
@@ -30,8 +30,8 @@ float PhiloxUniform(uint64_t seed, uint64_t step);
 
 struct SampleInput {
   const SamplingParams* params = nullptr;
-  uint64_t seed = 0;   // params->seed, or an engine-drawn seed fixed at admission
-  uint64_t step = 0;   // number of tokens this sequence has generated before this one
+  uint64_t seed = 0;  // params->seed, or an engine-drawn seed fixed at admission
+  uint64_t step = 0;  // number of tokens this sequence has generated before this one
   std::span<const TokenId> prompt_tokens;
   std::span<const TokenId> output_tokens;
 };
@@ -56,21 +56,25 @@ struct SamplerScratch {
     TokenId token = 0;
   };
   std::vector<Candidate> candidates;
-  std::vector<int32_t> marks;       // vocab-sized: per-token seen flag and output count
-  std::vector<TokenId> touched;     // tokens whose logit the penalties changed
-  std::vector<float> raw_logits;    // their logits before the penalties, parallel to `touched`
-  std::vector<double> bucket_sums;  // per weight bucket, for the top-p cut and the draw
+  std::vector<int32_t> marks;           // vocab-sized: per-token seen flag and output count
+  std::vector<TokenId> touched;         // tokens whose logit the penalties changed
+  std::vector<float> raw_logits;        // their logits before the penalties, parallel to `touched`
+  std::vector<double> bucket_sums;      // per weight bucket, for the top-p cut and the draw
+  std::vector<Candidate> bucket_items;  // the candidates of the bucket where the cut falls
 };
 
-// Samples one token from `logits` (one row, vocab-sized). Preconditions (checked): `input.params`
-// set and valid for logits.size() (SamplingParams::Validate), every prompt/output id in
-// [0, logits.size()). On return `logits` holds the penalized logits (step 1, before temperature).
+// Samples one token from `logits` (one row, vocab-sized). Preconditions: `input.params` set and
+// valid for logits.size() (SamplingParams::Validate; only cheap parts are re-checked here), every
+// prompt/output id in [0, logits.size()) (TANDEM_CHECKed: ids are validated at admission).
+// On return `logits` holds the penalized logits (step 1, before temperature).
 // Tie and edge rules: top-k ranks tokens by scaled logit, ties by lower id; NaN logits are never
-// sampled; when no token has a finite logit the result is the argmax rule's (lowest id).
-// Cost: O(V + prompt + output) plus O(k log k) for the kept tokens' final ordering; the walk and
-// top-p use selection (nth_element), never a full-vocabulary sort. The draw's cumulative sums are
-// taken in double, so results can differ from a float implementation only when u * total falls
-// within rounding of a cumulative boundary.
+// sampled; +inf logits share all the mass; when every logit is -inf or NaN the result is the
+// argmax rule's (lowest non-NaN id, else 0).
+// Cost: O(V + prompt + output) with no full-vocabulary sort. top-k keeps a 2k buffer while
+// scanning; top-p and the draw bucket the weights by their float bits (16 buckets per octave,
+// monotone), sum each bucket, and sort only the bucket where the running sum crosses its target.
+// The running sums are taken in double, so a float implementation (the CUDA kernels) can differ
+// only when u * total falls within rounding of a cumulative boundary.
 SampleOutput SampleToken(std::span<float> logits, const SampleInput& input,
                          SamplerScratch* scratch = nullptr);
 // Same, for callers that keep a float buffer (kept for compatibility; allocates its own scratch).

@@ -1,10 +1,10 @@
-// SamplingParams::Validate: every bound of the public sampling parameters, checked once at admission.
-#include <cmath>
-#include <string>
+// SamplingParams::Validate: every bound of the public sampling parameters, checked at admission.
+#include "tandem/sampling_params.h"
 
 #include <fmt/format.h>
 
-#include "tandem/sampling_params.h"
+#include <cmath>
+#include <string>
 
 namespace tandem {
 namespace {
@@ -30,9 +30,9 @@ Status SamplingParams::Validate(int64_t vocab_size) const {
   }
   TANDEM_RETURN_IF_ERROR(FiniteInRange("temperature", temperature, 0.0f, kMaxTemperature, false));
   if (!(top_k == -1 || top_k == 0 || (top_k >= 1 && top_k <= vocab_size))) {
-    return InvalidArgumentError(fmt::format(
-        "top_k must be -1 or 0 (disabled) or in [1, {}] (the vocabulary size), got {}", vocab_size,
-        top_k));
+    return InvalidArgumentError(
+        fmt::format("top_k must be -1 or 0 (disabled) or in [1, {}] (the vocabulary size), got {}",
+                    vocab_size, top_k));
   }
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
     return InvalidArgumentError(
@@ -42,8 +42,8 @@ Status SamplingParams::Validate(int64_t vocab_size) const {
     return InvalidArgumentError(
         fmt::format("min_p must be a number in [0, 1], got {}", FormatFloat(min_p)));
   }
-  TANDEM_RETURN_IF_ERROR(FiniteInRange("repetition_penalty", repetition_penalty, 0.0f,
-                                       kMaxRepetitionPenalty, true));
+  TANDEM_RETURN_IF_ERROR(
+      FiniteInRange("repetition_penalty", repetition_penalty, 0.0f, kMaxRepetitionPenalty, true));
   TANDEM_RETURN_IF_ERROR(
       FiniteInRange("presence_penalty", presence_penalty, -kMaxPenalty, kMaxPenalty, false));
   TANDEM_RETURN_IF_ERROR(
@@ -52,8 +52,8 @@ Status SamplingParams::Validate(int64_t vocab_size) const {
     return InvalidArgumentError(fmt::format("max_tokens must be >= 1, got {}", max_tokens));
   }
   if (min_tokens < 0 || min_tokens > max_tokens) {
-    return InvalidArgumentError(fmt::format(
-        "min_tokens must be in [0, max_tokens = {}], got {}", max_tokens, min_tokens));
+    return InvalidArgumentError(
+        fmt::format("min_tokens must be in [0, max_tokens = {}], got {}", max_tokens, min_tokens));
   }
   for (size_t i = 0; i < stop_token_ids.size(); ++i) {
     TokenId id = stop_token_ids[i];
@@ -64,9 +64,9 @@ Status SamplingParams::Validate(int64_t vocab_size) const {
     }
   }
   if (logprobs < -1 || logprobs > kMaxLogprobs) {
-    return InvalidArgumentError(fmt::format(
-        "logprobs must be in [-1, {}] (-1: none, 0: the sampled token only), got {}", kMaxLogprobs,
-        logprobs));
+    return InvalidArgumentError(
+        fmt::format("logprobs must be in [-1, {}] (-1: none, 0: the sampled token only), got {}",
+                    kMaxLogprobs, logprobs));
   }
   return OkStatus();
 }

@@ -37,8 +37,9 @@ TEST(PhiloxTest, UniformIsTheTop24BitsOfTheFirstWord) {
   const uint64_t seed = 0x0123456789abcdefull;
   const uint64_t steps[] = {0, 1, 2, 0xffffffffull, 0x100000000ull, 0xfedcba9876543210ull};
   for (uint64_t step : steps) {
-    uint32_t word = Philox4x32({static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), 0, 0},
-                               {0x89abcdefu, 0x01234567u})[0];
+    uint32_t word =
+        Philox4x32({static_cast<uint32_t>(step), static_cast<uint32_t>(step >> 32), 0, 0},
+                   {0x89abcdefu, 0x01234567u})[0];
     float expected = static_cast<float>(static_cast<double>(word >> 8) / 16777216.0);
     EXPECT_EQ(PhiloxUniform(seed, step), expected) << step;
   }

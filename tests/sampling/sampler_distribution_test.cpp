@@ -103,7 +103,8 @@ std::vector<double> ReferenceDistribution(const std::vector<float>& raw, const S
   for (size_t i = 0; i < n; ++i) prob[i] = std::exp(logit[i] / p.temperature - max);
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return prob[a] > prob[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return prob[a] > prob[b]; });
   std::vector<bool> kept(n, true);
   auto renormalize = [&] {
     double total = 0.0;
@@ -351,7 +352,8 @@ TEST(SamplerWalkTest, EachDrawIsTheInverseCdfOfItsUniform) {
     std::vector<double> prob = ReferenceDistribution(logits, p, {});
     std::vector<size_t> order(prob.size());
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return prob[a] > prob[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return prob[a] > prob[b]; });
     SamplerScratch scratch;
     int skipped = 0;
     constexpr int kSteps = 500;

@@ -98,8 +98,8 @@ TEST(SamplerTest, RepetitionPenaltyAppliesOncePerDistinctToken) {
 TEST(SamplerTest, FrequencyCountsOutputOccurrencesAndPresenceCountsOnce) {
   SamplingParams p = Greedy();
   p.frequency_penalty = 0.5f;
-  EXPECT_EQ(Sample({2.0f, 1.0f}, p, 0, 0, {}, {0}), 0);        // 1.5 > 1
-  EXPECT_EQ(Sample({2.0f, 1.0f}, p, 0, 0, {}, {0, 0, 0}), 1);  // 0.5 < 1
+  EXPECT_EQ(Sample({2.0f, 1.0f}, p, 0, 0, {}, {0}), 0);           // 1.5 > 1
+  EXPECT_EQ(Sample({2.0f, 1.0f}, p, 0, 0, {}, {0, 0, 0}), 1);     // 0.5 < 1
   EXPECT_EQ(Sample({2.0f, 1.0f}, p, 0, 0, {0, 0, 0, 0}, {}), 0);  // prompt is not counted
 
   SamplingParams q = Greedy();
@@ -300,8 +300,8 @@ TEST(SamplerTest, TopLogprobsOrderTiesByIdAndClampToVocab) {
 
 TEST(SamplerTest, TopLogprobsLargeNMatchesTheSmallNPath) {
   std::vector<float> logits = RandomLogits(500, 9, -4.0f, 4.0f);
-  logits[10] = logits[20] = logits[30];  // ties
-  std::vector<TokenLogprob> big = TopLogprobs(logits, 200);  // partial_sort path
+  logits[10] = logits[20] = logits[30];                       // ties
+  std::vector<TokenLogprob> big = TopLogprobs(logits, 200);   // partial_sort path
   std::vector<TokenLogprob> small = TopLogprobs(logits, 60);  // insertion path
   ASSERT_EQ(big.size(), 200u);
   for (size_t i = 0; i < small.size(); ++i) {
