@@ -21,6 +21,7 @@
 #include "kv/kv_cache.h"
 #include "model/llama_model.h"
 #include "model/weight_source.h"
+#include "sampling/sampler.h"
 #include "scheduler/scheduler.h"
 #include "tandem/request.h"
 
@@ -111,7 +112,7 @@ class Engine {
       logits_rows_;
   std::vector<int64_t> slot_mapping_;
   std::vector<float> logits_;
-  std::vector<float> sample_scratch_;
+  SamplerScratch sample_scratch_;
 };
 
 }  // namespace tandem

@@ -1,0 +1,71 @@
+#include "cli/model_loading.h"
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "backend/cpu/cpu_backend.h"
+#include "model/gguf_vocab.h"
+#include "model/gguf_weight_source.h"
+#include "model/model_source.h"
+
+namespace tandem::cli {
+
+void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
+  cmd->add_option("--model", f->model,
+                  "HF model directory, .gguf file, or config.json (with --dummy-weights)")
+      ->required();
+  cmd->add_flag("--dummy-weights", f->dummy_weights, "Instantiate the config with seeded random weights");
+  cmd->add_option("--dummy-seed", f->dummy_seed, "Seed of the dummy weights");
+  cmd->add_option("--threads", f->threads, "CPU backend threads (0: all cores)");
+  cmd->add_option("--block-size", f->engine.block_size, "Tokens per KV block")->capture_default_str();
+  cmd->add_option("--num-kv-blocks", f->engine.num_kv_blocks, "KV blocks (0: from --kv-cache-gib)");
+  cmd->add_option("--kv-cache-gib", f->kv_cache_gib, "KV cache size in GiB")->capture_default_str();
+  cmd->add_option("--max-num-batched-tokens", f->engine.max_num_batched_tokens,
+                  "Token budget of one step (prefill chunk + decodes)")->capture_default_str();
+  cmd->add_option("--max-num-seqs", f->engine.max_num_seqs, "Sequences per step")->capture_default_str();
+  cmd->add_option("--max-model-len", f->engine.max_model_len, "Longest sequence (0: the model's)");
+  cmd->add_flag("!--no-prefix-caching", f->engine.enable_prefix_caching, "Disable the prefix cache");
+  cmd->add_option("--scheduling-policy", f->engine.scheduling_policy, "fcfs or priority")
+      ->capture_default_str();
+  cmd->add_option("--engine-seed", f->engine.seed, "Seeds requests that bring no seed");
+}
+
+StatusOr<LoadedModel> LoadModel(const ModelFlags& flags) {
+  ModelSourceOptions options;
+  options.dummy_weights = flags.dummy_weights;
+  options.dummy_seed = flags.dummy_seed;
+  TANDEM_ASSIGN_OR_RETURN(ModelSource source, OpenModelSource(flags.model, options));
+  LoadedModel loaded;
+  // Tokenizer and chat template: from GGUF metadata, or tokenizer files beside the model.
+  if (source.is_gguf) {
+    auto* gguf = static_cast<const GgufWeightSource*>(source.weights.get());
+    TANDEM_ASSIGN_OR_RETURN(VocabSpec spec, VocabSpecFromGguf(gguf->file()));
+    TANDEM_ASSIGN_OR_RETURN(loaded.tokenizer, Tokenizer::FromVocabSpec(spec));
+  } else if (std::filesystem::exists(source.directory / "tokenizer.json")) {
+    TANDEM_ASSIGN_OR_RETURN(loaded.tokenizer, Tokenizer::FromDirectory(source.directory));
+  }
+  if (loaded.tokenizer && !loaded.tokenizer->chat_template().empty()) {
+    TANDEM_ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::Parse(loaded.tokenizer->chat_template()));
+    loaded.chat_template = std::move(tmpl);
+  }
+  if (loaded.tokenizer && source.config.eos_token_ids.empty()) {
+    for (int32_t id : loaded.tokenizer->eos_ids()) source.config.eos_token_ids.push_back(id);
+  }
+  EngineConfig engine_config = flags.engine;
+  engine_config.kv_cache_bytes = static_cast<int64_t>(flags.kv_cache_gib * (1LL << 30));
+  spdlog::info("loading {} ({}, {} layers, hidden {})", source.path.string(),
+               ModelArchName(source.config.arch), source.config.num_layers, source.config.hidden_size);
+  TANDEM_ASSIGN_OR_RETURN(
+      loaded.engine,
+      Engine::Create(engine_config, source.config, std::move(source.weights),
+                     std::make_unique<CpuBackend>(CpuBackendConfig{flags.threads})));
+  return loaded;
+}
+
+void ConfigureLogging(const std::string& level) {
+  auto logger = spdlog::stderr_color_mt("tandem");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+}  // namespace tandem::cli

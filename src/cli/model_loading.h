@@ -1,0 +1,40 @@
+// What every serving subcommand shares: model and engine flags, and building an Engine (plus the
+// model's tokenizer and chat template when it has them) from those flags.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "tandem/status.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+#include "worker/engine.h"
+
+namespace tandem::cli {
+
+struct ModelFlags {
+  std::string model;  // HF model dir, .gguf file, or (with dummy_weights) a config.json
+  bool dummy_weights = false;
+  uint64_t dummy_seed = 0;
+  int threads = 0;    // CPU backend threads; 0 = all cores
+  EngineConfig engine;
+  double kv_cache_gib = 0.5;
+};
+
+void AddModelFlags(CLI::App* cmd, ModelFlags* flags);
+
+struct LoadedModel {
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<Tokenizer> tokenizer;        // null when the model ships none
+  std::optional<ChatTemplate> chat_template;   // absent when neither tokenizer nor GGUF has one
+};
+
+StatusOr<LoadedModel> LoadModel(const ModelFlags& flags);
+
+// Sets the process-wide logger to stderr (stdout carries results), at `level`.
+void ConfigureLogging(const std::string& level);
+
+}  // namespace tandem::cli
