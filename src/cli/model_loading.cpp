@@ -7,6 +7,9 @@
 #include "model/gguf_vocab.h"
 #include "model/gguf_weight_source.h"
 #include "model/model_source.h"
+#ifdef TANDEM_WITH_CUDA
+#include "backend/cuda/cuda_backend_factory.h"
+#endif
 
 namespace tandem::cli {
 
@@ -16,7 +19,12 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
       ->required();
   cmd->add_flag("--dummy-weights", f->dummy_weights, "Instantiate the config with seeded random weights");
   cmd->add_option("--dummy-seed", f->dummy_seed, "Seed of the dummy weights");
+  cmd->add_option("--backend", f->backend, "cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", f->threads, "CPU backend threads (0: all cores)");
+  cmd->add_option("--device", f->device, "CUDA device ordinal");
+  cmd->add_option("--gpu-memory-utilization", f->gpu_memory_utilization,
+                  "CUDA: fraction of device memory for weights, workspace and KV cache")
+      ->capture_default_str();
   cmd->add_option("--block-size", f->engine.block_size, "Tokens per KV block")->capture_default_str();
   cmd->add_option("--num-kv-blocks", f->engine.num_kv_blocks, "KV blocks (0: from --kv-cache-gib)");
   cmd->add_option("--kv-cache-gib", f->kv_cache_gib, "KV cache size in GiB")->capture_default_str();
@@ -30,7 +38,25 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
   cmd->add_option("--engine-seed", f->engine.seed, "Seeds requests that bring no seed");
 }
 
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const ModelFlags& flags) {
+  if (flags.backend == "cpu") {
+    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(CpuBackendConfig{flags.threads}));
+  }
+  if (flags.backend == "cuda") {
+#ifdef TANDEM_WITH_CUDA
+    CudaBackendOptions options;
+    options.device = flags.device;
+    options.gpu_memory_utilization = flags.gpu_memory_utilization;
+    return MakeCudaBackend(options);
+#else
+    return UnimplementedError("this tandem was built without CUDA (configure with -DTANDEM_CUDA=ON)");
+#endif
+  }
+  return InvalidArgumentError("--backend must be cpu or cuda, got '" + flags.backend + "'");
+}
+
 StatusOr<LoadedModel> LoadModel(const ModelFlags& flags) {
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(flags));
   ModelSourceOptions options;
   options.dummy_weights = flags.dummy_weights;
   options.dummy_seed = flags.dummy_seed;
@@ -57,8 +83,7 @@ StatusOr<LoadedModel> LoadModel(const ModelFlags& flags) {
                ModelArchName(source.config.arch), source.config.num_layers, source.config.hidden_size);
   TANDEM_ASSIGN_OR_RETURN(
       loaded.engine,
-      Engine::Create(engine_config, source.config, std::move(source.weights),
-                     std::make_unique<CpuBackend>(CpuBackendConfig{flags.threads})));
+      Engine::Create(engine_config, source.config, std::move(source.weights), std::move(backend)));
   return loaded;
 }
 

@@ -19,7 +19,10 @@ struct ModelFlags {
   std::string model;  // HF model dir, .gguf file, or (with dummy_weights) a config.json
   bool dummy_weights = false;
   uint64_t dummy_seed = 0;
+  std::string backend = "cpu";  // cpu or cuda
   int threads = 0;    // CPU backend threads; 0 = all cores
+  int device = 0;     // CUDA device ordinal
+  double gpu_memory_utilization = 0.9;  // CUDA: fraction of device memory Tandem may use
   EngineConfig engine;
   double kv_cache_gib = 0.5;
 };
