@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -87,6 +88,10 @@ class Backend {
   // Backend-to-backend copy of src.nbytes() bytes.
   virtual Status Copy(const Tensor& src, Tensor dst) = 0;
   virtual Status Synchronize() = 0;
+  // Bytes the KV cache may take now that weights and workspace are allocated (a GPU backend:
+  // gpu_memory_utilization * total - used). nullopt: no limit known; the engine's kv_cache_bytes
+  // applies.
+  virtual std::optional<int64_t> KvCacheBudgetBytes() const { return std::nullopt; }
 
   // --- ops (shapes in comments; T = tokens in the step) --------------------------------------------
   // out[T, H] = table[ids[t], :]. ids are in host memory, already validated against the vocab.

@@ -135,6 +135,35 @@ StatusOr<Tensor> LlamaModel::Scratch(size_t slot, DType dtype, std::initializer_
   return t;
 }
 
+Status LlamaModel::ReserveWorkspace(int64_t max_tokens, int64_t max_rows) {
+  const DType act = backend_.activation_dtype();
+  const int64_t hidden = config_.hidden_size;
+  const int64_t q_dim = config_.num_heads * config_.head_dim;
+  const int64_t kv_dim = config_.num_kv_heads * config_.head_dim;
+  const int64_t inter = config_.intermediate_size;
+  const std::pair<size_t, Tensor> slots[] = {
+      {kHidden, Tensor(nullptr, act, {max_tokens, hidden})},
+      {kResidual, Tensor(nullptr, act, {max_tokens, hidden})},
+      {kNormed, Tensor(nullptr, act, {max_tokens, hidden})},
+      {kQ, Tensor(nullptr, act, {max_tokens, q_dim})},
+      {kK, Tensor(nullptr, act, {max_tokens, kv_dim})},
+      {kV, Tensor(nullptr, act, {max_tokens, kv_dim})},
+      {kAttnOut, Tensor(nullptr, act, {max_tokens, q_dim})},
+      {kGate, Tensor(nullptr, act, {max_tokens, inter})},
+      {kUp, Tensor(nullptr, act, {max_tokens, inter})},
+      {kAct, Tensor(nullptr, act, {max_tokens, inter})},
+      {kRows, Tensor(nullptr, act, {max_rows, hidden})},
+      {kLogits, Tensor(nullptr, DType::kF32, {max_rows, config_.vocab_size})},
+  };
+  for (const auto& [slot, shape] : slots) {
+    auto& buffer = scratch_[slot];
+    if (!buffer || buffer->size() < shape.nbytes()) {
+      TANDEM_ASSIGN_OR_RETURN(buffer, backend_.Allocate(shape.nbytes()));
+    }
+  }
+  return OkStatus();
+}
+
 Status LlamaModel::Forward(const ModelInput& input, const KvCache& cache,
                            std::vector<float>* logits) {
   const int64_t num_tokens = static_cast<int64_t>(input.token_ids.size());

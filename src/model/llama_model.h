@@ -38,6 +38,11 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   int64_t max_positions() const { return max_positions_; }
 
+  // Allocates the activation workspace for steps of up to `max_tokens` tokens and `max_rows`
+  // logits rows, so no step allocates afterwards (and a GPU backend can size its KV cache from
+  // what is left).
+  Status ReserveWorkspace(int64_t max_tokens, int64_t max_rows);
+
   // logits: resized to [logits_rows.size(), vocab_size], row-major.
   Status Forward(const ModelInput& input, const KvCache& cache, std::vector<float>* logits);
 

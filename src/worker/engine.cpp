@@ -52,18 +52,20 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
   engine->weights_ = std::move(weights);
   TANDEM_ASSIGN_OR_RETURN(engine->model_, LlamaModel::Load(model_config, *engine->weights_,
                                                            *engine->backend_, engine->max_model_len_));
+  TANDEM_RETURN_IF_ERROR(engine->model_->ReserveWorkspace(
+      config.max_num_batched_tokens, std::min(config.max_num_batched_tokens, config.max_num_seqs)));
   KvCacheShape shape;
   shape.num_layers = static_cast<int32_t>(model_config.num_layers);
   shape.block_size = config.block_size;
   shape.num_kv_heads = static_cast<int32_t>(model_config.num_kv_heads);
   shape.head_dim = static_cast<int32_t>(model_config.head_dim);
   shape.dtype = engine->backend_->kv_cache_dtype();
+  const int64_t kv_bytes = engine->backend_->KvCacheBudgetBytes().value_or(config.kv_cache_bytes);
   shape.num_blocks = config.num_kv_blocks > 0
                          ? config.num_kv_blocks
-                         : static_cast<int32_t>(std::min<int64_t>(
-                               config.kv_cache_bytes / shape.BytesPerBlock(), 1 << 30));
+                         : static_cast<int32_t>(std::min<int64_t>(kv_bytes / shape.BytesPerBlock(), 1 << 30));
   if (shape.num_blocks < 1) {
-    return ResourceExhaustedError("kv_cache_bytes " + std::to_string(config.kv_cache_bytes) +
+    return ResourceExhaustedError("KV cache budget of " + std::to_string(kv_bytes) + " bytes" +
                                   " holds no KV block (one block needs " +
                                   std::to_string(shape.BytesPerBlock()) + " bytes)");
   }
