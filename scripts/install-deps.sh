@@ -35,6 +35,7 @@ if [[ "${1:-}" == "--no-python" ]]; then exit 0; fi
 # Python test tools (reference implementations and real clients), pinned for reproducibility.
 PY_PACKAGES=(
   "pytest==8.3.4" "numpy==2.1.3" "safetensors==0.4.5" "tokenizers==0.23.3" "gguf==0.19.0"
+  "grpcio==1.85.1" "grpcio-tools==1.85.1" "grpcio-health-checking==1.85.1" "grpcio-reflection==1.85.1"
 )
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
