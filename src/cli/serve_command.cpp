@@ -1,7 +1,7 @@
 // tandem serve: serves the public gRPC API (tandem.v1.Generation, tandem.v1.Admin, health,
 // reflection) from this process, with one colocated worker (prefill and decode in one engine).
 //
-//   tandem serve --config configs/cpu-colocated.yaml [--model PATH] [--listen HOST:PORT]
+//   tandem serve --config configs/cpu-colocated.yaml [--model PATH [--model-name NAME]] [--listen ADDR]
 //
 // Threads: main() loads the model, starts the engine loop and the gRPC server, then waits for
 // SIGTERM/SIGINT (blocked in every thread, taken with sigwait). On a signal: health turns
@@ -28,7 +28,8 @@ namespace {
 
 struct ServeFlags {
   std::string config;
-  std::string model;     // overrides model.path
+  std::string model;       // overrides model.path (and, unless model_name is given, model.name)
+  std::string model_name;  // overrides model.name
   std::string listen;    // overrides server.listen
   std::string log_level; // overrides log_level
 };
@@ -69,7 +70,11 @@ int Run(const ServeFlags& flags) {
     std::cerr << "error: " << config.status().ToString() << "\n";
     return 2;
   }
-  if (!flags.model.empty()) config->model.path = flags.model;
+  if (!flags.model.empty()) {
+    config->model.path = flags.model;
+    config->model.name.clear();  // the config's name was for the config's model
+  }
+  if (!flags.model_name.empty()) config->model.name = flags.model_name;
   if (!flags.listen.empty()) config->server.listen = flags.listen;
   if (!flags.log_level.empty()) config->log_level = flags.log_level;
   if (config->model.name.empty()) config->model.name = DefaultModelName(config->model.path);
@@ -142,7 +147,10 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   auto* cmd = app.add_subcommand("serve", "Serve the gRPC API with one colocated worker");
   cmd->add_option("--config", flags->config, "Deployment config (YAML), e.g. configs/cpu-colocated.yaml")
       ->required();
-  cmd->add_option("--model", flags->model, "Model path; overrides model.path of the config");
+  cmd->add_option("--model", flags->model,
+                  "Model path; overrides model.path of the config (and its model.name: the served "
+                  "name becomes the path's last part unless --model-name is given)");
+  cmd->add_option("--model-name", flags->model_name, "Name clients use for the model; overrides model.name");
   cmd->add_option("--listen", flags->listen,
                   "host:port to serve on (port 0: any free port); overrides server.listen");
   cmd->add_option("--log-level", flags->log_level, "trace, debug, info, warn, error; overrides log_level");
