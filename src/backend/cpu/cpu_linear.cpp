@@ -9,11 +9,20 @@
 namespace tandem::cpu {
 namespace {
 
+// 16 float lanes: one AVX-512 register, two AVX2 registers; GCC/Clang vector extension.
+typedef float V16 __attribute__((vector_size(64), aligned(4)));
 constexpr int kLanes = 16;
-constexpr int kRowBlock = 4;  // weight rows converted and processed together
+constexpr int kRowBlock = 4;    // weight rows converted and processed together
+constexpr int kTokenBlock = 4;  // activation rows processed together
 
-// Converts weight row `n` (K elements) to float32.
-void LoadWeightRow(const Tensor& w, int64_t n, int64_t k_dim, float* dst) {
+inline V16 Load(const float* p) {
+  V16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// Converts weight row `n` (K elements) to float32, zero-padded to a multiple of kLanes.
+void LoadWeightRow(const Tensor& w, int64_t n, int64_t k_dim, int64_t k_padded, float* dst) {
   switch (w.dtype) {
     case DType::kF32:
       std::memcpy(dst, w.as<const float>() + n * k_dim, sizeof(float) * k_dim);
@@ -31,9 +40,10 @@ void LoadWeightRow(const Tensor& w, int64_t n, int64_t k_dim, float* dst) {
     default:
       TANDEM_CHECK(false) << "unsupported weight dtype " << DTypeName(w.dtype);
   }
+  std::fill(dst + k_dim, dst + k_padded, 0.0f);
 }
 
-float ReduceLanes(const float* acc) {
+float ReduceLanes(V16 acc) {
   // Fixed pairwise order.
   float s8[8];
   for (int j = 0; j < 8; ++j) s8[j] = acc[j] + acc[j + 8];
@@ -42,27 +52,22 @@ float ReduceLanes(const float* acc) {
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-// out[t, n0 + r] for r < rows, all t.
-void RowBlock(const float* x, int64_t t_dim, int64_t k_dim, const float* wrows, int rows,
-              const float* bias, int64_t n0, float* out, int64_t n_dim) {
-  const int64_t k_main = k_dim - k_dim % kLanes;
-  for (int64_t t = 0; t < t_dim; ++t) {
-    const float* a = x + t * k_dim;
-    float acc[kRowBlock][kLanes] = {};
-    for (int64_t k = 0; k < k_main; k += kLanes) {
-      for (int r = 0; r < kRowBlock; ++r) {
-        if (r >= rows) break;
-        const float* wr = wrows + r * k_dim + k;
-        for (int j = 0; j < kLanes; ++j) acc[r][j] += a[k + j] * wr[j];
-      }
+// The one micro-kernel every output element goes through: kTokenBlock activation rows (zero-padded
+// to k_padded) times kRowBlock weight rows. Using a single code path for every element is what
+// makes a row's result independent of the batch it shares.
+void MicroKernel(const float* const a[kTokenBlock], const float* w, int64_t k_padded,
+                 float out[kTokenBlock][kRowBlock]) {
+  V16 acc[kTokenBlock][kRowBlock] = {};
+  for (int64_t k = 0; k < k_padded; k += kLanes) {
+    V16 wv[kRowBlock];
+    for (int r = 0; r < kRowBlock; ++r) wv[r] = Load(w + r * k_padded + k);
+    for (int t = 0; t < kTokenBlock; ++t) {
+      const V16 av = Load(a[t] + k);
+      for (int r = 0; r < kRowBlock; ++r) acc[t][r] += av * wv[r];
     }
-    for (int r = 0; r < rows; ++r) {
-      const float* wr = wrows + r * k_dim;
-      for (int64_t k = k_main; k < k_dim; ++k) acc[r][k - k_main] += a[k] * wr[k];
-      float v = ReduceLanes(acc[r]);
-      if (bias != nullptr) v += bias[r];
-      out[t * n_dim + n0 + r] = v;
-    }
+  }
+  for (int t = 0; t < kTokenBlock; ++t) {
+    for (int r = 0; r < kRowBlock; ++r) out[t][r] = ReduceLanes(acc[t][r]);
   }
 }
 
@@ -76,6 +81,7 @@ void Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor out, Th
   TANDEM_CHECK_EQ(w.dim(1), k_dim);
   TANDEM_CHECK_EQ(out.dim(0), t_dim);
   TANDEM_CHECK_EQ(out.dim(-1), n_dim);
+  if (t_dim == 0) return;
   std::vector<float> bias_f32;
   if (!bias.empty()) {
     TANDEM_CHECK_EQ(bias.numel(), n_dim);
@@ -89,17 +95,41 @@ void Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor out, Th
       }
     }
   }
-  const int64_t num_blocks = (n_dim + kRowBlock - 1) / kRowBlock;
+  const int64_t k_padded = (k_dim + kLanes - 1) / kLanes * kLanes;
+  // Activations, zero-padded to k_padded when K is not a multiple of the lanes.
   const float* xp = x.as<const float>();
+  int64_t x_stride = k_dim;
+  std::vector<float> x_padded;
+  if (k_padded != k_dim) {
+    x_padded.assign(static_cast<size_t>(t_dim * k_padded), 0.0f);
+    for (int64_t t = 0; t < t_dim; ++t) std::copy(xp + t * k_dim, xp + (t + 1) * k_dim, &x_padded[t * k_padded]);
+    xp = x_padded.data();
+    x_stride = k_padded;
+  }
   float* op = out.as<float>();
+  const int64_t num_blocks = (n_dim + kRowBlock - 1) / kRowBlock;
   pool.ParallelFor(num_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> wbuf(static_cast<size_t>(kRowBlock * k_dim));
+    std::vector<float> wbuf(static_cast<size_t>(kRowBlock * k_padded));
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n0 = b * kRowBlock;
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, n_dim - n0));
-      for (int r = 0; r < rows; ++r) LoadWeightRow(w, n0 + r, k_dim, wbuf.data() + r * k_dim);
-      RowBlock(xp, t_dim, k_dim, wbuf.data(), rows, bias_f32.empty() ? nullptr : &bias_f32[n0], n0,
-               op, n_dim);
+      // Missing rows of the last block repeat the last real row; their results are dropped.
+      for (int r = 0; r < kRowBlock; ++r) {
+        LoadWeightRow(w, n0 + std::min(r, rows - 1), k_dim, k_padded, wbuf.data() + r * k_padded);
+      }
+      for (int64_t t0 = 0; t0 < t_dim; t0 += kTokenBlock) {
+        const float* a[kTokenBlock];
+        for (int t = 0; t < kTokenBlock; ++t) a[t] = xp + std::min(t0 + t, t_dim - 1) * x_stride;
+        float result[kTokenBlock][kRowBlock];
+        MicroKernel(a, wbuf.data(), k_padded, result);
+        for (int t = 0; t < kTokenBlock && t0 + t < t_dim; ++t) {
+          for (int r = 0; r < rows; ++r) {
+            float v = result[t][r];
+            if (!bias_f32.empty()) v += bias_f32[n0 + r];
+            op[(t0 + t) * n_dim + n0 + r] = v;
+          }
+        }
+      }
     }
   });
 }
