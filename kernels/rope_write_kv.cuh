@@ -1,0 +1,34 @@
+// Rotary embedding (HF rotate_half: pairs (i, i + rotary_dim / 2) of the first rotary_dim dims) of
+// q and k in place, fused with writing k and v into the paged KV cache
+// [num_blocks, num_kv_heads, block_size, head_dim] at slot_mapping (a negative slot: not written).
+// fp32 math; cos/sin are the f32 tables the model computed once.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace tandem::kernels {
+
+struct RopeWriteKvParams {
+  __nv_bfloat16* q = nullptr;        // [num_tokens, num_heads * head_dim]
+  __nv_bfloat16* k = nullptr;        // [num_tokens, num_kv_heads * head_dim]
+  const __nv_bfloat16* v = nullptr;  // [num_tokens, num_kv_heads * head_dim]
+  __nv_bfloat16* k_cache = nullptr;
+  __nv_bfloat16* v_cache = nullptr;
+  const float* cos = nullptr;        // [max_positions, rotary_dim / 2]
+  const float* sin = nullptr;
+  const int32_t* positions = nullptr;     // device [num_tokens], each < max_positions
+  const int64_t* slot_mapping = nullptr;  // device [num_tokens]
+  int32_t num_tokens = 0;
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t rotary_dim = 0;
+  int32_t block_size = 0;
+};
+
+cudaError_t LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);
+
+}  // namespace tandem::kernels

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# GPU test runner, in two halves.
+#
+#   scripts/gpu-run.sh            (here, no GPU needed) builds tandem and tandem_gpu_tests in
+#                                 build-gpu/ (-DTANDEM_NATIVE=OFF: the GPU machine's CPU differs),
+#                                 bundles them, the non-system shared libraries they need and the
+#                                 tiny test models into .bundle/ (git-ignored), and prints the
+#                                 command to run on the GPU machine.
+#   scripts/gpu-run.sh --device   (on the GPU machine, from the repo root) runs every GPU test, a
+#                                 compute-sanitizer memcheck pass and a `tandem generate` smoke run;
+#                                 writes logs and results.md to $OUT (default .bundle/out).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bundle=.bundle
+
+if [ "${1:-}" != "--device" ]; then
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DTANDEM_CUDA_ARCHS=90 \
+    -DTANDEM_NATIVE=OFF -DTANDEM_WERROR=ON -DTANDEM_BUILD_BENCHMARKS=OFF >/dev/null
+  cmake --build build-gpu -j"${JOBS:-2}" --target tandem tandem_gpu_tests
+  rm -rf "$bundle"
+  mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/testdata/models"
+  cp build-gpu/tandem build-gpu/tests/tandem_gpu_tests "$bundle/bin/"
+  # Shared libraries the device image may lack: everything but the C/C++ runtime and CUDA's own
+  # (the device has those in /usr/local/cuda/lib64).
+  for bin in "$bundle"/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
+    while read -r lib; do
+      case "$(basename "$lib")" in
+        libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|libgcc_s.so*|libstdc++.so*|ld-linux*) ;;
+        libcuda.so*|libcudart*|libcublas*|libnccl*|libnvJitLink*|libnvrtc*|libcupti*) ;;
+        *) cp -L "$lib" "$bundle/lib/" ;;
+      esac
+    done
+  testdata=$(sed -n 's/^TANDEM_TESTDATA_DIR:PATH=//p' build-gpu/CMakeCache.txt)
+  cp -r "$testdata"/models/tiny-llama "$testdata"/models/tiny-llama31 "$bundle/testdata/models/"
+  du -sh "$bundle"
+  echo "Run on the GPU machine (repo root, carry .bundle):"
+  echo "  bash scripts/gpu-run.sh --device"
+  exit 0
+fi
+
+# ---- device side -----------------------------------------------------------------------------------
+OUT=${OUT:-$bundle/out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$root/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+export TANDEM_TESTDATA_DIR="$root/$bundle/testdata"
+bin="$bundle/bin"
+date -u +"%Y-%m-%dT%H:%M:%SZ" >"$OUT/env.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/env.txt" 2>&1 || true
+
+status=0
+echo "== tandem_gpu_tests"
+"$bin/tandem_gpu_tests" --gtest_color=no --gtest_output="xml:$OUT/gpu_tests.xml" 2>&1 |
+  tee "$OUT/gpu_tests.log" || status=1
+
+echo "== compute-sanitizer memcheck (small tests)"
+sanitizer_filter='KernelParityTest.Embedding:KernelParityTest.SiluMul:KernelParityTest.GatherRows:KernelParityTest.RopeAndWriteKvIntoThePagedCache:KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/1'
+if command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tandem_gpu_tests" --gtest_color=no \
+    --gtest_filter="$sanitizer_filter" >"$OUT/memcheck.log" 2>&1 || status=1
+  tail -n 3 "$OUT/memcheck.log"
+else
+  echo "compute-sanitizer not found" | tee "$OUT/memcheck.log"
+fi
+
+echo "== tandem generate smoke run (tiny-llama, greedy, cuda vs cpu)"
+prompt=1,2,3,4,5,6,7,8,9,10
+for backend in cuda cpu; do
+  "$bin/tandem" generate --model "$TANDEM_TESTDATA_DIR/models/tiny-llama" --backend "$backend" \
+    --prompt-ids "$prompt" --max-tokens 16 --temperature 0 --ignore-eos --format json \
+    --gpu-memory-utilization 0.2 >"$OUT/generate_$backend.json" 2>>"$OUT/generate.log" || status=1
+done
+cat "$OUT"/generate_*.json >>"$OUT/generate.log" 2>/dev/null || true
+rm -f "$OUT"/generate_*.json
+
+{
+  echo "# GPU results ($(head -n1 "$OUT/env.txt"))"
+  sed -n '2,$p' "$OUT/env.txt"
+  echo
+  echo "| test | result |"
+  echo "| --- | --- |"
+  grep -E '^\[ +(OK|FAILED) +\] [A-Za-z]' "$OUT/gpu_tests.log" | sed -E 's/^\[ +(OK|FAILED) +\] ([^ ]+).*/| \2 | \1 |/' | sort -u
+  echo
+  echo "## measured"
+  grep -E '^\[ [a-z].*\] ' "$OUT/gpu_tests.log" || true
+  echo
+  echo "## memcheck"
+  grep -E 'ERROR SUMMARY|PASSED|FAILED' "$OUT/memcheck.log" | tail -n 3 || true
+  echo
+  echo "## tandem generate (tiny-llama, prompt $prompt, 16 greedy tokens)"
+  grep -E '^\{' "$OUT/generate.log" || tail -n 5 "$OUT/generate.log"
+} >"$OUT/results.md"
+cat "$OUT/results.md"
+exit $status

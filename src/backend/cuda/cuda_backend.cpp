@@ -1,0 +1,401 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "backend/cuda/cuda_check.h"
+#include "common/half.h"
+#include "kernels/bias_add.cuh"
+#include "kernels/embedding.cuh"
+#include "kernels/gather_rows.cuh"
+#include "kernels/paged_attention.cuh"
+#include "kernels/rms_norm.cuh"
+#include "kernels/rope_write_kv.cuh"
+#include "kernels/silu_mul.cuh"
+
+namespace tandem {
+namespace {
+
+constexpr size_t kCublasWorkspaceBytes = 32u << 20;
+
+class CudaBuffer final : public DeviceBuffer {
+ public:
+  CudaBuffer(int device, void* data, size_t size) : device_(device), data_(data), size_(size) {}
+  ~CudaBuffer() override {
+    // cudaFree waits for work using the memory; a failure here has nowhere to go but the log.
+    int current = -1;
+    if (cudaGetDevice(&current) == cudaSuccess && current != device_) (void)cudaSetDevice(device_);
+    const cudaError_t err = cudaFree(data_);
+    if (err != cudaSuccess) spdlog::warn("cuda backend: cudaFree failed: {}", cudaGetErrorString(err));
+  }
+  void* data() const override { return data_; }
+  size_t size() const override { return size_; }
+
+ private:
+  int device_;
+  void* data_;
+  size_t size_;
+};
+
+__nv_bfloat16* Bf16(const Tensor& t) { return static_cast<__nv_bfloat16*>(t.data); }
+
+// Ops receive activation-dtype tensors from the model: anything else is a programming error.
+void CheckBf16(const Tensor& t, const char* what) {
+  TANDEM_CHECK(t.dtype == DType::kBF16) << what << " must be bf16 on the CUDA backend, got "
+                                        << DTypeName(t.dtype);
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOptions& options) {
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(options));
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOptions& options) {
+  if (!(options.gpu_memory_utilization > 0.0 && options.gpu_memory_utilization <= 1.0)) {
+    return InvalidArgumentError("gpu_memory_utilization must be in (0, 1], got " +
+                                std::to_string(options.gpu_memory_utilization));
+  }
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    return UnavailableError(std::string("cuda backend: no usable CUDA device (") +
+                            (err != cudaSuccess ? cudaGetErrorString(err) : "none found") + ")");
+  }
+  if (options.device < 0 || options.device >= count) {
+    return InvalidArgumentError("cuda backend: device " + std::to_string(options.device) +
+                                " does not exist (" + std::to_string(count) + " visible)");
+  }
+  auto backend = std::unique_ptr<CudaBackend>(new CudaBackend(options));
+  TANDEM_RETURN_IF_ERROR(backend->Init());
+  return backend;
+}
+
+Status CudaBackend::Init() {
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  cudaDeviceProp prop{};
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device_));
+  if (prop.major < 8) {
+    return FailedPreconditionError("cuda backend: " + std::string(prop.name) + " has compute capability " +
+                                   std::to_string(prop.major) + "." + std::to_string(prop.minor) +
+                                   "; bf16 kernels need 8.0 or newer");
+  }
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  TANDEM_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
+  TANDEM_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
+  // An explicit workspace: cuBLAS allocates nothing while ops run (and graphs can capture later).
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes));
+  TANDEM_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
+  TANDEM_RETURN_IF_ERROR(ids_upload_.Init(stream_));
+  TANDEM_RETURN_IF_ERROR(rows_upload_.Init(stream_));
+  TANDEM_RETURN_IF_ERROR(attention_metadata_.Init(stream_));
+  spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB)", device_, prop.name,
+               prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30));
+  return OkStatus();
+}
+
+CudaBackend::~CudaBackend() {
+  (void)cudaSetDevice(device_);
+  if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
+  if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
+  if (cublas_workspace_ != nullptr) (void)cudaFree(cublas_workspace_);
+  if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+}
+
+Status CudaBackend::SelectDevice() const {
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  return OkStatus();
+}
+
+// --- memory ---------------------------------------------------------------------------------------
+
+StatusOr<std::unique_ptr<DeviceBuffer>> CudaBackend::Allocate(size_t bytes) {
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 1));
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // allocation errors are not sticky: clear it
+    return CudaErrorToStatus(err, "cuda backend: allocating " + std::to_string(bytes) + " bytes");
+  }
+  return std::unique_ptr<DeviceBuffer>(std::make_unique<CudaBuffer>(device_, p, bytes));
+}
+
+StatusOr<Tensor> CudaBackend::UploadWeight(const HostTensor& host,
+                                           std::unique_ptr<DeviceBuffer>* storage) {
+  if (host.dtype != DType::kF32 && host.dtype != DType::kBF16 && host.dtype != DType::kF16) {
+    return InvalidArgumentError(host.source + ": tensor " + host.name + " has dtype " +
+                                std::string(DTypeName(host.dtype)) +
+                                "; the CUDA backend takes F32, BF16 or F16 weights");
+  }
+  if (host.shape.empty() || host.shape.size() > Tensor::kMaxDims) {
+    return InvalidArgumentError(host.source + ": tensor " + host.name + " has rank " +
+                                std::to_string(host.shape.size()));
+  }
+  Tensor t;
+  t.dtype = DType::kBF16;
+  t.ndim = static_cast<int>(host.shape.size());
+  for (int i = 0; i < t.ndim; ++i) t.shape[i] = host.shape[i];
+  TANDEM_ASSIGN_OR_RETURN(*storage, Allocate(t.nbytes()));
+  t.data = (*storage)->data();
+  const void* src = host.data;
+  if (host.dtype != DType::kBF16) {
+    const int64_t n = host.numel();
+    convert_scratch_.resize(static_cast<size_t>(n));
+    if (host.dtype == DType::kF32) {
+      const float* f = reinterpret_cast<const float*>(host.data);
+      for (int64_t i = 0; i < n; ++i) convert_scratch_[i] = F32ToBf16(f[i]);
+    } else {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(host.data);
+      for (int64_t i = 0; i < n; ++i) convert_scratch_[i] = F32ToBf16(F16ToF32(h[i]));
+    }
+    src = convert_scratch_.data();
+  }
+  TANDEM_RETURN_IF_ERROR(CopyToDevice(src, t));
+  if (host.dtype != DType::kBF16) {
+    convert_scratch_.clear();
+    convert_scratch_.shrink_to_fit();
+  }
+  return t;
+}
+
+Status CudaBackend::CopyToDevice(const void* src, Tensor dst) {
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream_));
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::CopyToHost(const Tensor& src, void* dst) {
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_));
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::Copy(const Tensor& src, Tensor dst) {
+  TANDEM_CHECK_LE(src.nbytes(), dst.nbytes());
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  TANDEM_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::Synchronize() {
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
+std::optional<int64_t> CudaBackend::KvCacheBudgetBytes() const {
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaSetDevice(device_) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    spdlog::warn("cuda backend: cudaMemGetInfo failed; the KV cache falls back to kv_cache_bytes");
+    return std::nullopt;
+  }
+  const double used = static_cast<double>(total_bytes - free_bytes);
+  const double budget = gpu_memory_utilization_ * static_cast<double>(total_bytes) - used;
+  return std::max<int64_t>(0, static_cast<int64_t>(budget));
+}
+
+// --- ops ------------------------------------------------------------------------------------------
+
+Status CudaBackend::Embedding(std::span<const int32_t> ids, const Tensor& table, Tensor out) {
+  CheckBf16(table, "embedding table");
+  CheckBf16(out, "embedding output");
+  TANDEM_CHECK_EQ(out.dim(1), table.dim(1));
+  for (size_t t = 0; t < ids.size(); ++t) {
+    TANDEM_CHECK(ids[t] >= 0 && ids[t] < table.dim(0)) << "token id " << ids[t];
+  }
+  if (ids.empty()) return OkStatus();
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  TANDEM_RETURN_IF_ERROR(ids_upload_.Upload(ids.data(), ids.size_bytes(), /*reuse_if_same=*/false));
+  kernels::EmbeddingParams p;
+  p.ids = static_cast<const int32_t*>(ids_upload_.device());
+  p.table = Bf16(table);
+  p.out = Bf16(out);
+  p.num_tokens = static_cast<int32_t>(ids.size());
+  p.hidden = table.dim(1);
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchEmbedding(p, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::RmsNorm(const Tensor& x, Tensor residual, const Tensor& weight, float eps,
+                            Tensor out) {
+  CheckBf16(x, "rmsnorm input");
+  CheckBf16(weight, "rmsnorm weight");
+  CheckBf16(out, "rmsnorm output");
+  if (!residual.empty()) CheckBf16(residual, "rmsnorm residual");
+  TANDEM_CHECK_EQ(weight.numel(), x.dim(-1));
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  kernels::RmsNormParams p;
+  p.x = Bf16(x);
+  p.residual = residual.empty() ? nullptr : Bf16(residual);
+  p.weight = Bf16(weight);
+  p.out = Bf16(out);
+  p.hidden = x.dim(-1);
+  p.rows = x.numel() / p.hidden;
+  p.eps = eps;
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchRmsNorm(p, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) {
+  CheckBf16(x, "linear input");
+  CheckBf16(weight, "linear weight");
+  TANDEM_CHECK(out.dtype == DType::kBF16 || out.dtype == DType::kF32)
+      << "linear output must be bf16 or f32, got " << DTypeName(out.dtype);
+  const int64_t k = x.dim(-1);
+  const int64_t rows = x.numel() / k;
+  const int64_t n = weight.dim(0);
+  TANDEM_CHECK_EQ(weight.dim(1), k);
+  TANDEM_CHECK_EQ(out.numel(), rows * n);
+  if (rows == 0) return OkStatus();
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  // Row-major out[rows, n] = x[rows, k] @ W[n, k]^T is column-major out^T[n, rows] = W^T' x^T'
+  // with W read as a column-major [k, n] matrix (transposed) and x as column-major [k, rows].
+  const float alpha = 1.0f, beta = 0.0f;
+  const cudaDataType_t out_type = out.dtype == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+  TANDEM_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(
+      cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(rows), static_cast<int>(k),
+      &alpha, weight.data, CUDA_R_16BF, static_cast<int>(k), x.data, CUDA_R_16BF, static_cast<int>(k),
+      &beta, out.data, out_type, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  if (!bias.empty()) {
+    CheckBf16(bias, "linear bias");
+    TANDEM_CHECK_EQ(bias.numel(), n);
+    kernels::BiasAddParams p;
+    p.out = out.data;
+    p.out_is_f32 = out.dtype == DType::kF32;
+    p.bias = Bf16(bias);
+    p.rows = rows;
+    p.cols = n;
+    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchBiasAdd(p, stream_));
+  }
+  return OkStatus();
+}
+
+Status CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor out) {
+  CheckBf16(gate, "silu gate");
+  CheckBf16(up, "silu up");
+  CheckBf16(out, "silu output");
+  TANDEM_CHECK_EQ(gate.numel(), up.numel());
+  TANDEM_CHECK_EQ(gate.numel(), out.numel());
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  kernels::SiluMulParams p;
+  p.gate = Bf16(gate);
+  p.up = Bf16(up);
+  p.out = Bf16(out);
+  p.n = gate.numel();
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSiluMul(p, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
+                                         const AttentionMetadata& meta) const {
+  if (!kernels::PagedAttentionSupportsHeadDim(params.head_dim)) {
+    return UnimplementedError("cuda backend: head_dim " + std::to_string(params.head_dim) +
+                              " is not compiled into the attention kernel (supported: 32, 64, 80, 96, 128, 256)");
+  }
+  if (params.num_kv_heads <= 0 || params.num_heads % params.num_kv_heads != 0) {
+    return InvalidArgumentError("cuda backend: num_heads " + std::to_string(params.num_heads) +
+                                " is not a multiple of num_kv_heads " + std::to_string(params.num_kv_heads));
+  }
+  CheckBf16(cache.k, "KV cache");
+  CheckBf16(cache.v, "KV cache");
+  TANDEM_CHECK_EQ(cache.k.ndim, 4);
+  TANDEM_CHECK_EQ(cache.k.dim(1), params.num_kv_heads);
+  TANDEM_CHECK_EQ(cache.k.dim(2), meta.block_size);
+  TANDEM_CHECK_EQ(cache.k.dim(3), params.head_dim);
+  return OkStatus();
+}
+
+Status CudaBackend::RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+                                   const AttentionParams& params, const AttentionMetadata& meta,
+                                   KvLayerView cache) {
+  TANDEM_RETURN_IF_ERROR(CheckAttentionParams(params, cache, meta));
+  CheckBf16(q, "q");
+  CheckBf16(k, "k");
+  CheckBf16(v, "v");
+  TANDEM_CHECK(rope.cos.dtype == DType::kF32 && rope.sin.dtype == DType::kF32);
+  TANDEM_CHECK(rope.rotary_dim > 0 && rope.rotary_dim <= params.head_dim && rope.rotary_dim % 2 == 0);
+  TANDEM_CHECK_EQ(rope.cos.dim(1), rope.rotary_dim / 2);
+  if (meta.num_tokens == 0) return OkStatus();
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  const int32_t group = params.num_heads / params.num_kv_heads;
+  TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
+                          attention_metadata_.Prepare(meta, kernels::PagedAttentionTileTokens(group),
+                                                      cache.k.dim(0)));
+  if (view.max_position >= rope.cos.dim(0)) {
+    return OutOfRangeError("cuda backend: position " + std::to_string(view.max_position) +
+                           " beyond the rope table of " + std::to_string(rope.cos.dim(0)) + " positions");
+  }
+  kernels::RopeWriteKvParams p;
+  p.q = Bf16(q);
+  p.k = Bf16(k);
+  p.v = Bf16(v);
+  p.k_cache = Bf16(cache.k);
+  p.v_cache = Bf16(cache.v);
+  p.cos = rope.cos.as<const float>();
+  p.sin = rope.sin.as<const float>();
+  p.positions = view.positions;
+  p.slot_mapping = view.slot_mapping;
+  p.num_tokens = meta.num_tokens;
+  p.num_heads = params.num_heads;
+  p.num_kv_heads = params.num_kv_heads;
+  p.head_dim = params.head_dim;
+  p.rotary_dim = rope.rotary_dim;
+  p.block_size = meta.block_size;
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchRopeWriteKv(p, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
+                              const AttentionMetadata& meta, Tensor out) {
+  TANDEM_RETURN_IF_ERROR(CheckAttentionParams(params, cache, meta));
+  CheckBf16(q, "q");
+  CheckBf16(out, "attention output");
+  if (meta.num_tokens == 0) return OkStatus();
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  const int32_t group = params.num_heads / params.num_kv_heads;
+  TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
+                          attention_metadata_.Prepare(meta, kernels::PagedAttentionTileTokens(group),
+                                                      cache.k.dim(0)));
+  kernels::PagedAttentionParams p;
+  p.q = Bf16(q);
+  p.k_cache = Bf16(cache.k);
+  p.v_cache = Bf16(cache.v);
+  p.out = Bf16(out);
+  p.block_tables = view.block_tables;
+  p.positions = view.positions;
+  p.work_items = view.work_items;
+  p.num_work_items = view.num_work_items;
+  p.max_blocks_per_seq = meta.max_blocks_per_seq;
+  p.num_heads = params.num_heads;
+  p.num_kv_heads = params.num_kv_heads;
+  p.head_dim = params.head_dim;
+  p.block_size = meta.block_size;
+  p.sliding_window = params.sliding_window;
+  p.scale = params.scale;
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedAttention(p, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) {
+  for (int32_t r : rows) TANDEM_CHECK(r >= 0 && r < x.dim(0)) << "row " << r;
+  if (rows.empty()) return OkStatus();
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  // The model gathers the same rows from two tensors in a row: the second call reuses the upload.
+  TANDEM_RETURN_IF_ERROR(rows_upload_.Upload(rows.data(), rows.size_bytes(), /*reuse_if_same=*/true));
+  kernels::GatherRowsParams p;
+  p.x = x.data;
+  p.rows = static_cast<const int32_t*>(rows_upload_.device());
+  p.out = out.data;
+  p.num_rows = static_cast<int32_t>(rows.size());
+  p.row_bytes = static_cast<int64_t>(x.nbytes() / static_cast<size_t>(x.dim(0)));
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchGatherRows(p, stream_));
+  return OkStatus();
+}
+
+}  // namespace tandem

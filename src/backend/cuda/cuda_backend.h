@@ -1,0 +1,88 @@
+// CudaBackend: Backend on one NVIDIA GPU. bf16 activations, bf16 KV cache, bf16 weights in device
+// memory (f32/f16 checkpoints converted on upload), fp32 accumulation everywhere; Linear through
+// cuBLAS, every other op a kernel from kernels/.
+//
+// Streams: one non-blocking stream per backend, created with it; every op is enqueued on it in
+// call order and returns without waiting for the GPU. Only CopyToDevice, CopyToHost and
+// Synchronize wait (for the stream). Per-step host inputs (token ids, gather rows, attention
+// metadata) go through pinned staging buffers and one async copy each; the metadata is uploaded
+// once per step and reused by every layer (see device_attention_metadata.h).
+//
+// Memory: Allocate() is cudaMalloc, owned by the returned DeviceBuffer. The backend itself owns the
+// cuBLAS handle and workspace, and the grow-only staging/metadata buffers; nothing is allocated by
+// an op except when a staging buffer must grow.
+//
+// Threading: driven by one thread at a time (the engine thread); every entry point selects the
+// backend's device first, so that thread may change.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend_factory.h"
+#include "backend/cuda/device_attention_metadata.h"
+#include "backend/cuda/pinned_upload.h"
+
+namespace tandem {
+
+class CudaBackend final : public Backend {
+ public:
+  static StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string_view name() const override { return "cuda"; }
+  DType activation_dtype() const override { return DType::kBF16; }
+  DType kv_cache_dtype() const override { return DType::kBF16; }
+
+  StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) override;
+  StatusOr<Tensor> UploadWeight(const HostTensor& host,
+                                std::unique_ptr<DeviceBuffer>* storage) override;
+  Status CopyToDevice(const void* src, Tensor dst) override;
+  Status CopyToHost(const Tensor& src, void* dst) override;
+  Status Copy(const Tensor& src, Tensor dst) override;
+  Status Synchronize() override;
+  std::optional<int64_t> KvCacheBudgetBytes() const override;
+
+  Status Embedding(std::span<const int32_t> ids, const Tensor& table, Tensor out) override;
+  Status RmsNorm(const Tensor& x, Tensor residual, const Tensor& weight, float eps,
+                 Tensor out) override;
+  Status Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override;
+  Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) override;
+  Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+                        const AttentionParams& params, const AttentionMetadata& meta,
+                        KvLayerView cache) override;
+  Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
+                   const AttentionMetadata& meta, Tensor out) override;
+  Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override;
+
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  explicit CudaBackend(const CudaBackendOptions& options)
+      : device_(options.device), gpu_memory_utilization_(options.gpu_memory_utilization) {}
+  Status Init();
+  Status SelectDevice() const;
+  Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
+                              const AttentionMetadata& meta) const;
+
+  // Constant after construction.
+  const int device_;
+  const double gpu_memory_utilization_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+
+  PinnedUpload ids_upload_;
+  PinnedUpload rows_upload_;
+  DeviceAttentionMetadata attention_metadata_;
+  std::vector<uint16_t> convert_scratch_;  // host bf16 conversion of f32/f16 weights
+};
+
+}  // namespace tandem
