@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "backend/cpu/cpu_backend.h"
+#include "model/gguf_file.h"
 #include "model/gguf_vocab.h"
 #include "model/gguf_weight_source.h"
 #include "model/model_source.h"
@@ -36,6 +37,15 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
   cmd->add_option("--scheduling-policy", f->engine.scheduling_policy, "fcfs or priority")
       ->capture_default_str();
   cmd->add_option("--engine-seed", f->engine.seed, "Seeds requests that bring no seed");
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& path) {
+  if (path.extension() == ".gguf" && std::filesystem::is_regular_file(path)) {
+    TANDEM_ASSIGN_OR_RETURN(auto file, GgufFile::Open(path));
+    TANDEM_ASSIGN_OR_RETURN(VocabSpec spec, VocabSpecFromGguf(*file));
+    return Tokenizer::FromVocabSpec(spec);
+  }
+  return Tokenizer::FromDirectory(path);
 }
 
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const ModelFlags& flags) {

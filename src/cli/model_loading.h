@@ -37,6 +37,9 @@ struct LoadedModel {
 
 StatusOr<LoadedModel> LoadModel(const ModelFlags& flags);
 
+// The tokenizer of a model directory, a tokenizer-only directory, or a GGUF file's metadata.
+StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& path);
+
 // Sets the process-wide logger to stderr (stdout carries results), at `level`.
 void ConfigureLogging(const std::string& level);
 

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/model_loading.h"
 #include "tokenizer/tokenizer.h"
 
 namespace tandem::cli {
@@ -55,7 +56,7 @@ std::string ProcessLine(const Tokenizer& tok, const TokenizeOptions& opts, const
 }
 
 int RunTokenize(const TokenizeOptions& opts) {
-  auto tok = Tokenizer::FromDirectory(opts.model);
+  auto tok = LoadTokenizer(opts.model);
   if (!tok.ok()) {
     std::cerr << "tokenize: " << tok.status().ToString() << "\n";
     return 1;
