@@ -356,6 +356,39 @@ TEST(SchedulerTest, PreemptionEvictsTheLowestPrecedenceSequenceAndFreesItsBlocks
   }
 }
 
+// When the sequence that cannot grow is itself the lowest-precedence one, it is the victim (a
+// higher-precedence sequence keeps its blocks); readmitted later, it recomputes only what the
+// prefix cache no longer holds.
+TEST(SchedulerTest, SequenceThatCannotGrowPreemptsItselfAndReusesItsCachedPrefix) {
+  Options o;
+  o.block_size = 4;
+  o.num_blocks = 5;
+  o.prefix_caching = true;
+  o.sched.max_num_batched_tokens = 64;
+  Driver d(o);
+  Sequence* a = d.Add(Prompt(8), 2, 0);
+  Sequence* c = d.Add(Prompt(8, 200), 4, 1);
+  auto s1 = d.Step();  // both prompts whole: 4 blocks, 1 free
+  ASSERT_EQ(s1.scheduled.size(), 2u);
+  auto s2 = d.Step();  // a takes the free block; c finds none and evicts itself
+  ASSERT_EQ(s2.preempted.size(), 1u);
+  EXPECT_EQ(s2.preempted[0], c);
+  ASSERT_EQ(s2.scheduled.size(), 1u);
+  EXPECT_EQ(s2.scheduled[0].seq, a);
+  EXPECT_EQ(a->state(), SequenceState::kFinished);  // its 2nd token
+  // c comes back: 8 prompt tokens + 1 output; its two full blocks are still cached.
+  auto s3 = d.Step();
+  ASSERT_EQ(s3.scheduled.size(), 1u);
+  EXPECT_EQ(s3.scheduled[0].seq, c);
+  EXPECT_EQ(c->num_cached_tokens, 8);
+  EXPECT_EQ(s3.scheduled[0].num_tokens, 1);
+  EXPECT_TRUE(s3.scheduled[0].samples);
+  d.RunToCompletion();
+  EXPECT_EQ(c->state(), SequenceState::kFinished);
+  EXPECT_EQ(c->num_output_tokens(), 4);
+  EXPECT_EQ(c->num_preemptions, 1);
+}
+
 TEST(SchedulerTest, NoAdmissionInAStepThatPreempted) {
   Options o = FullCache(false).opts;
   o.num_blocks = 4;
