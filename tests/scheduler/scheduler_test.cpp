@@ -520,7 +520,7 @@ TEST(SchedulerTest, RandomWorkloadsKeepEveryInvariantAndFinish) {
   }
 }
 
-// BUG (liveness, src/scheduler/scheduler.cpp:96 with src/worker/engine.cpp EngineConfig::Validate):
+// BUG (liveness, src/scheduler/scheduler.cpp:85 with src/worker/engine.cpp EngineConfig::Validate):
 // with enable_chunked_prefill off, admission waits until `num_tokens - cached <= budget`, but a
 // sequence preempted after it has grown past max_num_batched_tokens (prompt + outputs) can never
 // satisfy that: it stays at the head of the waiting queue forever and blocks everyone behind it
