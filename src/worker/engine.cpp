@@ -48,6 +48,13 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
   if (engine->max_model_len_ <= 0) {
     return InvalidArgumentError("model has no max_position_embeddings; set max_model_len");
   }
+  if (!config.enable_chunked_prefill && config.max_num_batched_tokens < engine->max_model_len_) {
+    // A sequence longer than one step's budget could never be (re)admitted whole.
+    return InvalidArgumentError(
+        "with chunked prefill disabled, max_num_batched_tokens (" +
+        std::to_string(config.max_num_batched_tokens) + ") must be at least max_model_len (" +
+        std::to_string(engine->max_model_len_) + "); enable chunked prefill or lower max_model_len");
+  }
   engine->backend_ = std::move(backend);
   engine->weights_ = std::move(weights);
   TANDEM_ASSIGN_OR_RETURN(engine->model_, LlamaModel::Load(model_config, *engine->weights_,

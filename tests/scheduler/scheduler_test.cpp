@@ -486,7 +486,7 @@ TEST(SchedulerTest, RandomWorkloadsKeepEveryInvariantAndFinish) {
     o.priority_policy = trial % 4 == 1;
     const int32_t max_out = 12;
     // Without chunking, a preempted sequence is recomputed whole (prompt and output so far) and
-    // must fit the budget: see DISABLED_PreemptedSequenceLongerThanTheBudgetIsReadmitted...
+    // must fit the budget (the engine guarantees it: see the note at the end of this file)
     const int32_t max_prompt =
         o.sched.enable_chunked_prefill ? 100 : o.sched.max_num_batched_tokens - max_out;
     // Enough blocks for the longest single sequence, often not for many.
@@ -520,45 +520,9 @@ TEST(SchedulerTest, RandomWorkloadsKeepEveryInvariantAndFinish) {
   }
 }
 
-// BUG (liveness, src/scheduler/scheduler.cpp:85 with src/worker/engine.cpp EngineConfig::Validate):
-// with enable_chunked_prefill off, admission waits until `num_tokens - cached <= budget`, but a
-// sequence preempted after it has grown past max_num_batched_tokens (prompt + outputs) can never
-// satisfy that: it stays at the head of the waiting queue forever and blocks everyone behind it
-// (Schedule() returns an empty batch every step; `tandem generate` spins). The same holds for a
-// prompt longer than max_num_batched_tokens, which Engine::AddRequest accepts. vLLM rejects such
-// configs (max_num_batched_tokens >= max_model_len when chunked prefill is off).
-TEST(SchedulerTest, DISABLED_PreemptedSequenceLongerThanTheBudgetIsReadmittedWithoutChunking) {
-  Options o;
-  o.block_size = 2;
-  o.num_blocks = 6;
-  o.prefix_caching = false;
-  o.sched.max_num_batched_tokens = 8;
-  o.sched.enable_chunked_prefill = false;
-  Driver d(o);
-  Sequence* a = d.Add(Prompt(2), 9, 0);       // grows to 5 blocks
-  Sequence* b = d.Add(Prompt(7, 100), 4, 1);  // 4 blocks; its prompt fits the budget
-  d.Step();  // a admitted; b (7 > 6 left) waits
-  d.Step();  // a decodes, b admitted whole: all 6 blocks in use
-  d.Step();  // both decode: b has 9 tokens
-  auto s4 = d.Step();  // a needs a 3rd block: b is evicted with 9 tokens > the budget of 8
-  ASSERT_EQ(s4.preempted.size(), 1u);
-  ASSERT_EQ(s4.preempted[0], b);
-  const int steps = d.RunToCompletion(/*max_steps=*/200);
-  EXPECT_LT(steps, 200);
-  EXPECT_EQ(a->state(), SequenceState::kFinished);
-  EXPECT_EQ(b->state(), SequenceState::kFinished);
-}
-
-TEST(SchedulerTest, DISABLED_PromptLongerThanTheBudgetIsNotSilentlyStuckWithoutChunking) {
-  Options o;
-  o.sched.max_num_batched_tokens = 8;
-  o.sched.enable_chunked_prefill = false;
-  Driver d(o);
-  Sequence* a = d.Add(Prompt(9), 1, 0);
-  const int steps = d.RunToCompletion(/*max_steps=*/100);
-  EXPECT_LT(steps, 100);
-  EXPECT_EQ(a->state(), SequenceState::kFinished);
-}
+// With chunked prefill off, a sequence longer than the token budget could never be (re)admitted;
+// Engine::Create rejects such configurations (max_num_batched_tokens < max_model_len), as vLLM
+// does. tests/worker/engine_lifecycle_test.cpp checks that rejection.
 
 }  // namespace
 }  // namespace tandem

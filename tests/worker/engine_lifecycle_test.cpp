@@ -6,7 +6,10 @@
 #include <cmath>
 #include <limits>
 
+#include "backend/cpu/cpu_backend.h"
+#include "model/safetensors_checkpoint.h"
 #include "support/engine_fixture.h"
+#include "support/testdata.h"
 #include "support/golden.h"
 
 namespace tandem {
@@ -134,6 +137,31 @@ TEST(EngineLifecycleTest, BadInputIsRejectedAndTheEngineKeepsServing) {
   EXPECT_EQ(done.size(), 1u);
   EXPECT_EQ(done["good"].tokens.size(), 8u);
   ExpectPoolWhole(*engine);
+}
+
+TEST(EngineLifecycleTest, UnchunkedPrefillNeedsABudgetOfAWholeSequence) {
+  // Without chunking, a sequence longer than the step budget could never be admitted (or readmitted
+  // after preemption): the configuration is refused up front.
+  EngineConfig config;
+  config.enable_chunked_prefill = false;
+  config.max_num_batched_tokens = 256;
+  config.max_model_len = 512;
+  auto dir = testing::ModelDir(kModel);
+  auto model_config = LoadModelConfig(dir);
+  ASSERT_TRUE(model_config.ok());
+  auto weights = SafetensorsCheckpoint::Open(dir);
+  ASSERT_TRUE(weights.ok());
+  auto engine = Engine::Create(config, *model_config, std::move(weights).value(),
+                               std::make_unique<CpuBackend>(CpuBackendConfig{1}));
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(engine.status().message().find("max_num_batched_tokens"), std::string::npos);
+
+  config.max_num_batched_tokens = 512;  // now every sequence fits one step
+  auto ok_engine = MakeCpuEngine(kModel, config);
+  ASSERT_NE(ok_engine, nullptr);
+  ASSERT_TRUE(ok_engine->AddRequest(GreedyRequest("whole", Prompt(300), 8)).ok());
+  EXPECT_EQ(RunToCompletion(*ok_engine)["whole"].tokens.size(), 8u);
 }
 
 TEST(EngineLifecycleTest, StopTokenEndsGenerationAndIsEmitted) {
