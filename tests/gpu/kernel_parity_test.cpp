@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdio>
 #include <cmath>
 #include <numeric>
 #include <string>
@@ -31,8 +32,20 @@ class KernelParityTest : public ::testing::Test {
     ASSERT_NE(gpu_, nullptr);
     cpu_ = std::make_unique<CpuBackend>(CpuBackendConfig{0});
   }
+  void TearDown() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::printf("[ kernel %s ] worst rel err %.3e over %d bf16 comparisons\n", info->name(), worst_, checks_);
+  }
+  // Records a bf16-path relative error for the summary line.
+  double Track(double err) {
+    worst_ = std::max(worst_, err);
+    ++checks_;
+    return err;
+  }
   std::unique_ptr<Backend> gpu_;
   std::unique_ptr<CpuBackend> cpu_;
+  double worst_ = 0.0;
+  int checks_ = 0;
   std::mt19937 rng_{1234};
 };
 
@@ -73,9 +86,9 @@ TEST_F(KernelParityTest, RmsNormWithAndWithoutResidual) {
         ASSERT_TRUE(gpu_->RmsNorm(dx.t, with_residual ? dres.t : Tensor(), dw.t, 1e-5f, dout.t).ok());
         const std::string what = "hidden " + std::to_string(hidden) + " rows " + std::to_string(rows) +
                                  (with_residual ? " +residual" : "");
-        EXPECT_LE(RelError(Download(*gpu_, dout.t), ref), kBf16Tolerance) << what;
+        EXPECT_LE(Track(RelError(Download(*gpu_, dout.t), ref)), kBf16Tolerance) << what;
         if (with_residual) {
-          EXPECT_LE(RelError(Download(*gpu_, dres.t), ref_res), kBf16Tolerance) << what;
+          EXPECT_LE(Track(RelError(Download(*gpu_, dres.t), ref_res)), kBf16Tolerance) << what;
         }
       }
     }
@@ -105,7 +118,7 @@ TEST_F(KernelParityTest, LinearBf16AndF32OutputsWithAndWithoutBias) {
         auto db = Upload(*gpu_, b, DType::kBF16, {s.n});
         auto dout = Poisoned(*gpu_, out_dtype, {s.t, s.n});
         ASSERT_TRUE(gpu_->Linear(dx.t, dw.t, with_bias ? db.t : Tensor(), dout.t).ok());
-        EXPECT_LE(RelError(Download(*gpu_, dout.t), ref), kBf16Tolerance)
+        EXPECT_LE(Track(RelError(Download(*gpu_, dout.t), ref)), kBf16Tolerance)
             << s.t << "x" << s.k << "x" << s.n << (out_dtype == DType::kF32 ? " f32" : " bf16")
             << (with_bias ? " +bias" : "");
       }
@@ -123,7 +136,7 @@ TEST_F(KernelParityTest, SiluMul) {
     auto du = Upload(*gpu_, u, DType::kBF16, {n});
     auto dout = Poisoned(*gpu_, DType::kBF16, {n});
     ASSERT_TRUE(gpu_->SiluMul(dg.t, du.t, dout.t).ok());
-    EXPECT_LE(RelError(Download(*gpu_, dout.t), ref), kBf16Tolerance) << n;
+    EXPECT_LE(Track(RelError(Download(*gpu_, dout.t), ref)), kBf16Tolerance) << n;
   }
 }
 
@@ -280,8 +293,8 @@ TEST_F(KernelParityTest, RopeAndWriteKvIntoThePagedCache) {
     RopeTables gpu_rope{dcos.t, dsin.t, c.head_dim};
     ASSERT_TRUE(gpu_->RopeAndWriteKv(dq.t, dk.t, dv.t, gpu_rope, params, b.meta, {dkc.t, dvc.t}).ok());
     const std::string what = Describe(c);
-    EXPECT_LE(RelError(Download(*gpu_, dq.t), rq), kBf16Tolerance) << what;
-    EXPECT_LE(RelError(Download(*gpu_, dk.t), rk), kBf16Tolerance) << what;
+    EXPECT_LE(Track(RelError(Download(*gpu_, dq.t), rq)), kBf16Tolerance) << what;
+    EXPECT_LE(Track(RelError(Download(*gpu_, dk.t), rk)), kBf16Tolerance) << what;
     // Written slots match; every other slot still holds the poison.
     auto gk = Download(*gpu_, dkc.t), gv = Download(*gpu_, dvc.t);
     std::vector<float> wk, wv, rk_slots, rv_slots;
@@ -302,7 +315,7 @@ TEST_F(KernelParityTest, RopeAndWriteKvIntoThePagedCache) {
         }
       }
     }
-    EXPECT_LE(RelError(wk, rk_slots), kBf16Tolerance) << what;
+    EXPECT_LE(Track(RelError(wk, rk_slots)), kBf16Tolerance) << what;
     EXPECT_EQ(RelError(wv, rv_slots), 0.0) << what;
     EXPECT_EQ(stray, 0) << what;
   }
@@ -327,7 +340,7 @@ TEST_F(KernelParityTest, PagedAttentionMixedBatches) {
     auto dout = Poisoned(*gpu_, DType::kBF16, {t, nh * hd});
     Status s = gpu_->Attention(dq.t, {dkc.t, dvc.t}, params, b.meta, dout.t);
     ASSERT_TRUE(s.ok()) << s.ToString() << " " << Describe(c);
-    const double err = RelError(Download(*gpu_, dout.t), ref);
+    const double err = Track(RelError(Download(*gpu_, dout.t), ref));
     EXPECT_LE(err, kBf16Tolerance) << Describe(c);
     ++checked;
   }
@@ -384,7 +397,7 @@ TEST_F(KernelParityTest, ReusedMetadataVectorsWithNewContentAreUploadedAgain) {
     auto dq = Upload(*gpu_, q, DType::kBF16, {t, nh * hd});
     auto dout = Poisoned(*gpu_, DType::kBF16, {t, nh * hd});
     ASSERT_TRUE(gpu_->Attention(dq.t, {dkc.t, dvc.t}, params, b.meta, dout.t).ok());
-    EXPECT_LE(RelError(Download(*gpu_, dout.t), ref), kBf16Tolerance) << "step " << step;
+    EXPECT_LE(Track(RelError(Download(*gpu_, dout.t), ref)), kBf16Tolerance) << "step " << step;
   }
 }
 

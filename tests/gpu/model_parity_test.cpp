@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 
 #include "backend/cuda/cuda_backend_factory.h"
@@ -113,7 +114,7 @@ float TopTwoMargin(const std::vector<float>& logits) {
 class CudaModelGoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaModelGoldenTest, LastLogitsOfEveryPrompt) {
-  Goldens goldens(GetParam());
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
   ASSERT_TRUE(goldens.ok());
   ASSERT_EQ(goldens.NumPrompts(), 6);
   Harness h = MakeHarness(GetParam(), 16, 96);
@@ -140,7 +141,7 @@ TEST_P(CudaModelGoldenTest, LastLogitsOfEveryPrompt) {
 // Prefill the prompt, then decode step by step through the paged cache, fed the golden greedy
 // tokens; each step's logits against the golden top-8 before that greedy step.
 TEST_P(CudaModelGoldenTest, TeacherForcedDecodeFollowsGreedyGoldens) {
-  Goldens goldens(GetParam());
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
   ASSERT_TRUE(goldens.ok());
   int compared = 0, skipped = 0;
   double worst = 0.0;
@@ -184,7 +185,7 @@ TEST_P(CudaModelGoldenTest, TeacherForcedDecodeFollowsGreedyGoldens) {
 }
 
 TEST_P(CudaModelGoldenTest, ChunkedPrefillThroughThePagedCacheMatches) {
-  Goldens goldens(GetParam());
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
   Harness h = MakeHarness(GetParam(), 16, 96);
   ASSERT_NE(h.cache, nullptr);
   for (int p : {3, 4, 5}) {
@@ -242,7 +243,7 @@ int CompareWhereMarginsAllow(const Goldens& g, int p, const std::vector<TokenId>
 }
 
 TEST_P(CudaModelGoldenTest, EngineConcurrentChunkedPrefillThenPrefixCacheHits) {
-  Goldens goldens(GetParam());
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
   EngineConfig config;
   config.block_size = 16;
   config.max_num_batched_tokens = 64;
@@ -269,8 +270,8 @@ TEST_P(CudaModelGoldenTest, EngineConcurrentChunkedPrefillThenPrefixCacheHits) {
 
 // Default engine config: the KV cache is sized from the backend's budget (free memory).
 TEST_P(CudaModelGoldenTest, EngineSizesItsCacheFromTheGpuBudget) {
-  Goldens goldens(GetParam());
-  auto engine = MakeCudaEngine(GetParam(), EngineConfig{}, 0.5);
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
+  auto engine = MakeCudaEngine(GetParam(), EngineConfig{}, 0.06);
   ASSERT_NE(engine, nullptr);
   const auto stats = engine->Stats();
   EXPECT_GT(stats.blocks.num_total, 1000);
