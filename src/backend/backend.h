@@ -75,6 +75,10 @@ class Backend {
   virtual DType activation_dtype() const = 0;
   virtual DType kv_cache_dtype() const = 0;
 
+  // Whether this backend's kernels support a model's attention shape (head dim, GQA ratio). Called
+  // once at model load so an unsupported model is a clear error, never wrong output.
+  virtual Status CheckSupported(const AttentionParams& params) const { return OkStatus(); }
+
   // --- memory -----------------------------------------------------------------------------------
   // ResourceExhausted when the backend cannot provide `bytes`.
   virtual StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) = 0;

@@ -40,6 +40,15 @@ StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const ModelConfig& config
   if (max_positions <= 0) return InvalidArgumentError("max_positions must be positive");
   auto model = std::unique_ptr<LlamaModel>(new LlamaModel(config, backend));
   model->max_positions_ = max_positions;
+  model->attention_params_.num_heads = static_cast<int32_t>(config.num_heads);
+  model->attention_params_.num_kv_heads = static_cast<int32_t>(config.num_kv_heads);
+  model->attention_params_.head_dim = static_cast<int32_t>(config.head_dim);
+  model->attention_params_.scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
+  model->attention_params_.sliding_window =
+      config.sliding_window ? static_cast<int32_t>(*config.sliding_window) : 0;
+  // Before any upload: an attention shape the backend cannot run is a load-time error.
+  TANDEM_RETURN_IF_ERROR(backend.CheckSupported(model->attention_params_)
+                             .WithContext(std::string(ModelArchName(config.arch)) + " model"));
   TANDEM_RETURN_IF_ERROR(model->UploadAll(weights));
 
   // RoPE tables, computed on the host once.
@@ -57,12 +66,6 @@ StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const ModelConfig& config
   TANDEM_RETURN_IF_ERROR(backend.CopyToDevice(sin.data(), model->rope_.sin));
   model->rope_.rotary_dim = freqs.rotary_dim;
 
-  model->attention_params_.num_heads = static_cast<int32_t>(config.num_heads);
-  model->attention_params_.num_kv_heads = static_cast<int32_t>(config.num_kv_heads);
-  model->attention_params_.head_dim = static_cast<int32_t>(config.head_dim);
-  model->attention_params_.scale = 1.0f / std::sqrt(static_cast<float>(config.head_dim));
-  model->attention_params_.sliding_window =
-      config.sliding_window ? static_cast<int32_t>(*config.sliding_window) : 0;
   model->scratch_.resize(kNumSlots);
   return model;
 }

@@ -292,6 +292,18 @@ Status CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor out) {
   return OkStatus();
 }
 
+Status CudaBackend::CheckSupported(const AttentionParams& params) const {
+  if (!kernels::PagedAttentionSupportsHeadDim(params.head_dim)) {
+    return UnimplementedError("cuda backend: head_dim " + std::to_string(params.head_dim) +
+                              " is not compiled into the attention kernel (supported: 32, 64, 80, 96, 128, 256)");
+  }
+  if (params.num_kv_heads <= 0 || params.num_heads % params.num_kv_heads != 0) {
+    return InvalidArgumentError("cuda backend: num_heads " + std::to_string(params.num_heads) +
+                                " is not a multiple of num_kv_heads " + std::to_string(params.num_kv_heads));
+  }
+  return OkStatus();
+}
+
 Status CudaBackend::CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
                                          const AttentionMetadata& meta) const {
   if (!kernels::PagedAttentionSupportsHeadDim(params.head_dim)) {

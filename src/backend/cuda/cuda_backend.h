@@ -57,6 +57,7 @@ class CudaBackend final : public Backend {
   Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
                         const AttentionParams& params, const AttentionMetadata& meta,
                         KvLayerView cache) override;
+  Status CheckSupported(const AttentionParams& params) const override;
   Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
                    const AttentionMetadata& meta, Tensor out) override;
   Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override;
