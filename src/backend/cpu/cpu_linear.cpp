@@ -15,32 +15,36 @@ constexpr int kLanes = 16;
 constexpr int kRowBlock = 4;    // weight rows converted and processed together
 constexpr int kTokenBlock = 4;  // activation rows processed together
 
-inline V16 Load(const float* p) {
+inline V16 Load(const void* p) {
   V16 v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-// Converts weight row `n` (K elements) to float32, zero-padded to a multiple of kLanes.
-void LoadWeightRow(const Tensor& w, int64_t n, int64_t k_dim, int64_t k_padded, float* dst) {
+// Converts weight row `n` (K elements) to float32 bit patterns, zero-padded to a multiple of
+// kLanes. Written as integer operations so the bf16 path vectorizes (a widening shift).
+void LoadWeightRow(const Tensor& w, int64_t n, int64_t k_dim, int64_t k_padded, uint32_t* dst) {
   switch (w.dtype) {
     case DType::kF32:
       std::memcpy(dst, w.as<const float>() + n * k_dim, sizeof(float) * k_dim);
       break;
     case DType::kBF16: {
       const uint16_t* src = w.as<const uint16_t>() + n * k_dim;
-      for (int64_t k = 0; k < k_dim; ++k) dst[k] = Bf16ToF32(src[k]);
+      for (int64_t k = 0; k < k_dim; ++k) dst[k] = static_cast<uint32_t>(src[k]) << 16;
       break;
     }
     case DType::kF16: {
       const uint16_t* src = w.as<const uint16_t>() + n * k_dim;
-      for (int64_t k = 0; k < k_dim; ++k) dst[k] = F16ToF32(src[k]);
+      for (int64_t k = 0; k < k_dim; ++k) {
+        const float f = F16ToF32(src[k]);
+        std::memcpy(&dst[k], &f, sizeof(f));
+      }
       break;
     }
     default:
       TANDEM_CHECK(false) << "unsupported weight dtype " << DTypeName(w.dtype);
   }
-  std::fill(dst + k_dim, dst + k_padded, 0.0f);
+  std::fill(dst + k_dim, dst + k_padded, 0u);  // +0.0f
 }
 
 float ReduceLanes(V16 acc) {
@@ -52,21 +56,23 @@ float ReduceLanes(V16 acc) {
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-// The one micro-kernel every output element goes through: kTokenBlock activation rows (zero-padded
-// to k_padded) times kRowBlock weight rows. Using a single code path for every element is what
-// makes a row's result independent of the batch it shares.
-void MicroKernel(const float* const a[kTokenBlock], const float* w, int64_t k_padded,
-                 float out[kTokenBlock][kRowBlock]) {
-  V16 acc[kTokenBlock][kRowBlock] = {};
+// The micro-kernel: kTokens activation rows (zero-padded to k_padded) times kRowBlock weight rows.
+// Every output element goes through the same chain of fused multiply-adds over k in 16 lanes and
+// the same lane reduction whatever kTokens is, so a row's result is independent of the batch it
+// shares (tests/backend/cpu checks this bit for bit).
+template <int kTokens>
+void MicroKernel(const float* const a[kTokens], const uint32_t* w, int64_t k_padded,
+                 float out[][kRowBlock]) {
+  V16 acc[kTokens][kRowBlock] = {};
   for (int64_t k = 0; k < k_padded; k += kLanes) {
     V16 wv[kRowBlock];
     for (int r = 0; r < kRowBlock; ++r) wv[r] = Load(w + r * k_padded + k);
-    for (int t = 0; t < kTokenBlock; ++t) {
+    for (int t = 0; t < kTokens; ++t) {
       const V16 av = Load(a[t] + k);
       for (int r = 0; r < kRowBlock; ++r) acc[t][r] += av * wv[r];
     }
   }
-  for (int t = 0; t < kTokenBlock; ++t) {
+  for (int t = 0; t < kTokens; ++t) {
     for (int r = 0; r < kRowBlock; ++r) out[t][r] = ReduceLanes(acc[t][r]);
   }
 }
@@ -109,7 +115,7 @@ void Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor out, Th
   float* op = out.as<float>();
   const int64_t num_blocks = (n_dim + kRowBlock - 1) / kRowBlock;
   pool.ParallelFor(num_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> wbuf(static_cast<size_t>(kRowBlock * k_padded));
+    std::vector<uint32_t> wbuf(static_cast<size_t>(kRowBlock * k_padded));
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n0 = b * kRowBlock;
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, n_dim - n0));
@@ -117,18 +123,24 @@ void Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor out, Th
       for (int r = 0; r < kRowBlock; ++r) {
         LoadWeightRow(w, n0 + std::min(r, rows - 1), k_dim, k_padded, wbuf.data() + r * k_padded);
       }
-      for (int64_t t0 = 0; t0 < t_dim; t0 += kTokenBlock) {
+      for (int64_t t0 = 0; t0 < t_dim;) {
+        const int tokens = t_dim - t0 >= kTokenBlock ? kTokenBlock : 1;
         const float* a[kTokenBlock];
-        for (int t = 0; t < kTokenBlock; ++t) a[t] = xp + std::min(t0 + t, t_dim - 1) * x_stride;
+        for (int t = 0; t < tokens; ++t) a[t] = xp + (t0 + t) * x_stride;
         float result[kTokenBlock][kRowBlock];
-        MicroKernel(a, wbuf.data(), k_padded, result);
-        for (int t = 0; t < kTokenBlock && t0 + t < t_dim; ++t) {
+        if (tokens == kTokenBlock) {
+          MicroKernel<kTokenBlock>(a, wbuf.data(), k_padded, result);
+        } else {
+          MicroKernel<1>(a, wbuf.data(), k_padded, result);
+        }
+        for (int t = 0; t < tokens; ++t) {
           for (int r = 0; r < rows; ++r) {
             float v = result[t][r];
             if (!bias_f32.empty()) v += bias_f32[n0 + r];
             op[(t0 + t) * n_dim + n0 + r] = v;
           }
         }
+        t0 += tokens;
       }
     }
   });
