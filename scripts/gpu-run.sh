@@ -7,9 +7,12 @@
 #                                 bundles them, the non-system shared libraries they need and the
 #                                 tiny test models into .bundle/ (git-ignored), and prints the
 #                                 command to run on the GPU machine.
-#   scripts/gpu-run.sh --device   (on the GPU machine, from the repo root) runs every GPU test, a
+#   scripts/gpu-run.sh --device [--bench] [--no-sanitizer]
+#                                 (on the GPU machine, from the repo root) runs every GPU test, a
 #                                 compute-sanitizer memcheck pass and a `tandem generate` smoke run;
-#                                 writes logs and results.md to $OUT (default .bundle/out).
+#                                 with --bench also gpu_engine_bench (Llama-3.1-8B shape, dummy
+#                                 weights, ~2-3 minutes on an H100); writes logs and results.md to
+#                                 $OUT (default .bundle/out).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,11 +21,11 @@ build=${TANDEM_GPU_BUILD_DIR:-build-gpu}  # any build dir configured like the on
 
 if [ "${1:-}" != "--device" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DTANDEM_CUDA_ARCHS=90 \
-    -DTANDEM_NATIVE=OFF -DTANDEM_WERROR=OFF -DTANDEM_BUILD_BENCHMARKS=OFF >/dev/null
-  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests
+    -DTANDEM_NATIVE=OFF -DTANDEM_WERROR="${TANDEM_WERROR:-OFF}" -DTANDEM_BUILD_BENCHMARKS=ON >/dev/null
+  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench
   rm -rf "$bundle"
   mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/testdata/models"
-  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$bundle/bin/"
+  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$bundle/bin/"
   # Shared libraries the device image may lack: everything but the C/C++ runtime and CUDA's own
   # (the device has those in /usr/local/cuda/lib64).
   for bin in "$bundle"/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
@@ -35,6 +38,7 @@ if [ "${1:-}" != "--device" ]; then
     done
   testdata=$(sed -n 's/^TANDEM_TESTDATA_DIR:PATH=//p' "$build"/CMakeCache.txt)
   cp -r "$testdata"/models/tiny-llama "$testdata"/models/tiny-llama31 "$bundle/testdata/models/"
+  mkdir -p "$bundle/configs" && cp configs/models/llama-3.1-8b.json "$bundle/configs/"
   du -sh "$bundle"
   echo "Run on the GPU machine (repo root, carry .bundle):"
   echo "  bash scripts/gpu-run.sh --device"
@@ -42,6 +46,15 @@ if [ "${1:-}" != "--device" ]; then
 fi
 
 # ---- device side -----------------------------------------------------------------------------------
+run_bench=0
+run_sanitizer=1
+for arg in "${@:2}"; do
+  case "$arg" in
+    --bench) run_bench=1 ;;
+    --no-sanitizer) run_sanitizer=0 ;;
+    *) echo "unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
 OUT=${OUT:-$bundle/out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$root/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
@@ -58,7 +71,9 @@ echo "== tandem_gpu_tests"
 echo "== compute-sanitizer memcheck + racecheck"
 memcheck_filter='KernelParityTest.*:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*'
 racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:KernelParityTest.RmsNorm*'
-if command -v compute-sanitizer >/dev/null; then
+if [ "$run_sanitizer" = 0 ]; then
+  echo "skipped (--no-sanitizer)" | tee "$OUT/memcheck.log"
+elif command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool memcheck --error-exitcode 9 "$bin/tandem_gpu_tests" --gtest_color=no \
     --gtest_filter="$memcheck_filter" >"$OUT/memcheck.log" 2>&1 || status=1
   compute-sanitizer --tool racecheck --error-exitcode 9 "$bin/tandem_gpu_tests" --gtest_color=no \
@@ -78,6 +93,11 @@ done
 cat "$OUT"/generate_*.json >>"$OUT/generate.log" 2>/dev/null || true
 rm -f "$OUT"/generate_*.json
 
+if [ "$run_bench" = 1 ]; then
+  echo "== gpu_engine_bench (llama-3.1-8b shape, dummy weights)"
+  "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+
 {
   echo "# GPU results ($(head -n1 "$OUT/env.txt"))"
   sed -n '2,$p' "$OUT/env.txt"
@@ -94,6 +114,7 @@ rm -f "$OUT"/generate_*.json
   echo
   echo "## tandem generate (tiny-llama, prompt $prompt, 16 greedy tokens)"
   grep -E '^\{' "$OUT/generate.log" || tail -n 5 "$OUT/generate.log"
+  if [ -f "$OUT/bench.log" ]; then echo; sed -n '/^# gpu_engine_bench/,$p' "$OUT/bench.log"; fi
 } >"$OUT/results.md"
 cat "$OUT/results.md"
 exit $status

@@ -97,8 +97,11 @@ TEST_F(KernelParityTest, RmsNormWithAndWithoutResidual) {
 
 TEST_F(KernelParityTest, LinearBf16AndF32OutputsWithAndWithoutBias) {
   struct Shape { int64_t t, k, n; };
+  // Rows <= 4 with k % 8 == 0 take the small-M GEMV kernel (k below, at and past its 2048-element
+  // unrolled step; odd n); the rest cuBLAS (1 x 60: k % 8 != 0).
   for (Shape s : {Shape{1, 64, 96}, Shape{7, 256, 512}, Shape{33, 4096, 1024}, Shape{128, 200, 77},
-                  Shape{300, 1024, 4096}}) {
+                  Shape{300, 1024, 4096}, Shape{1, 4096, 1027}, Shape{2, 2056, 300}, Shape{3, 14336, 129},
+                  Shape{4, 8, 5}, Shape{1, 60, 33}, Shape{4, 200, 2048}}) {
     for (DType out_dtype : {DType::kBF16, DType::kF32}) {
       for (bool with_bias : {false, true}) {
         auto x = RandomBf16(s.t * s.k, rng_);
@@ -256,6 +259,19 @@ std::vector<AttnCase> AttentionCases() {
   std::vector<SeqSpec> decodes;
   for (int i = 0; i < 40; ++i) decodes.push_back({1 + 13 * i, 1});
   cases.push_back({128, 8, 2, 16, 0, decodes});
+  // Decode-only batches take the split-KV decode kernel: one long sequence (many splits, partial
+  // results combined), a few sequences of uneven lengths (some splits empty), every group size it
+  // compiles (1, 2, 4, 8, and 3 / 5 padded up), windows shorter and longer than a split.
+  const std::vector<SeqSpec> one_long{{3000, 1}};
+  const std::vector<SeqSpec> uneven{{0, 1}, {700, 1}, {63, 1}, {1500, 1}, {64, 1}};
+  for (int32_t hd : {64, 128, 256}) {
+    for (int32_t group : {1, 2, 3, 4, 5, 8}) {
+      cases.push_back({hd, 2 * group, 2, 16, 0, one_long});
+      cases.push_back({hd, 2 * group, 2, 32, 0, uneven});
+    }
+  }
+  cases.push_back({128, 32, 8, 16, 100, uneven});
+  cases.push_back({64, 8, 2, 16, 1000, one_long});
   return cases;
 }
 

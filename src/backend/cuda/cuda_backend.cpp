@@ -11,9 +11,11 @@
 #include "kernels/embedding.cuh"
 #include "kernels/gather_rows.cuh"
 #include "kernels/paged_attention.cuh"
+#include "kernels/paged_decode_attention.cuh"
 #include "kernels/rms_norm.cuh"
 #include "kernels/rope_write_kv.cuh"
 #include "kernels/silu_mul.cuh"
+#include "kernels/small_m_gemv.cuh"
 
 namespace tandem {
 namespace {
@@ -83,6 +85,7 @@ Status CudaBackend::Init() {
                                    std::to_string(prop.major) + "." + std::to_string(prop.minor) +
                                    "; bf16 kernels need 8.0 or newer");
   }
+  num_sms_ = prop.multiProcessorCount;
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
@@ -102,6 +105,7 @@ CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) (void)cudaFree(cublas_workspace_);
+  if (attention_partial_ != nullptr) (void)cudaFree(attention_partial_);
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
 }
 
@@ -254,6 +258,24 @@ Status CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor& 
   TANDEM_CHECK_EQ(out.numel(), rows * n);
   if (rows == 0) return OkStatus();
   TANDEM_RETURN_IF_ERROR(SelectDevice());
+  if (!bias.empty()) {
+    CheckBf16(bias, "linear bias");
+    TANDEM_CHECK_EQ(bias.numel(), n);
+  }
+  // A few rows (small decode batches): the bandwidth-bound GEMV kernel, bias in its epilogue.
+  if (kernels::SmallMGemvSupports(rows, k, x.data, weight.data)) {
+    kernels::SmallMGemvParams p;
+    p.x = Bf16(x);
+    p.weight = Bf16(weight);
+    p.bias = bias.empty() ? nullptr : Bf16(bias);
+    p.out = out.data;
+    p.out_is_f32 = out.dtype == DType::kF32;
+    p.m = rows;
+    p.n = n;
+    p.k = k;
+    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSmallMGemv(p, stream_));
+    return OkStatus();
+  }
   // Row-major out[rows, n] = x[rows, k] @ W[n, k]^T is column-major out^T[n, rows] = W^T' x^T'
   // with W read as a column-major [k, n] matrix (transposed) and x as column-major [k, rows].
   const float alpha = 1.0f, beta = 0.0f;
@@ -263,8 +285,6 @@ Status CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor& 
       &alpha, weight.data, CUDA_R_16BF, static_cast<int>(k), x.data, CUDA_R_16BF, static_cast<int>(k),
       &beta, out.data, out_type, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   if (!bias.empty()) {
-    CheckBf16(bias, "linear bias");
-    TANDEM_CHECK_EQ(bias.numel(), n);
     kernels::BiasAddParams p;
     p.out = out.data;
     p.out_is_f32 = out.dtype == DType::kF32;
@@ -374,6 +394,44 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
   TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
                           attention_metadata_.Prepare(meta, kernels::PagedAttentionTileTokens(group),
                                                       cache.k.dim(0)));
+  // Decode-only batch (one query per sequence, token i of sequence i): split-KV decode kernel.
+  bool decode_only = meta.num_tokens == meta.num_seqs &&
+                     kernels::PagedDecodeAttentionSupports(params.head_dim, group);
+  for (int32_t i = 0; decode_only && i <= meta.num_seqs; ++i) decode_only = meta.query_start[i] == i;
+  if (decode_only) {
+    kernels::PagedDecodeAttentionParams p;
+    p.q = Bf16(q);
+    p.k_cache = Bf16(cache.k);
+    p.v_cache = Bf16(cache.v);
+    p.out = Bf16(out);
+    p.block_tables = view.block_tables;
+    p.positions = view.positions;
+    p.num_seqs = meta.num_seqs;
+    p.max_context = view.max_position + 1;
+    p.num_splits = kernels::PagedDecodeAttentionSplits(meta.num_seqs, params.num_kv_heads, p.max_context, num_sms_);
+    p.max_blocks_per_seq = meta.max_blocks_per_seq;
+    p.num_heads = params.num_heads;
+    p.num_kv_heads = params.num_kv_heads;
+    p.head_dim = params.head_dim;
+    p.block_size = meta.block_size;
+    p.sliding_window = params.sliding_window;
+    p.scale = params.scale;
+    const size_t floats = kernels::PagedDecodeAttentionPartialFloats(meta.num_seqs, params.num_heads,
+                                                                     params.head_dim, p.num_splits);
+    if (floats > attention_partial_floats_) {
+      // Grow-only; kernels enqueued earlier may still read the old workspace.
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+      if (attention_partial_ != nullptr) TANDEM_CUDA_RETURN_IF_ERROR(cudaFree(attention_partial_));
+      attention_partial_ = nullptr;
+      attention_partial_floats_ = 0;
+      const size_t grown = floats + floats / 2;
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&attention_partial_), grown * sizeof(float)));
+      attention_partial_floats_ = grown;
+    }
+    p.partial = attention_partial_;
+    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
+    return OkStatus();
+  }
   kernels::PagedAttentionParams p;
   p.q = Bf16(q);
   p.k_cache = Bf16(cache.k);

@@ -1,6 +1,7 @@
 // CudaBackend: Backend on one NVIDIA GPU. bf16 activations, bf16 KV cache, bf16 weights in device
 // memory (f32/f16 checkpoints converted on upload), fp32 accumulation everywhere; Linear through
-// cuBLAS, every other op a kernel from kernels/.
+// cuBLAS (up to 4 rows: the small-M GEMV kernel, bias fused), every other op a kernel from
+// kernels/. Attention of a decode-only batch takes the split-KV decode kernel.
 //
 // Streams: one non-blocking stream per backend, created with it; every op is enqueued on it in
 // call order and returns without waiting for the GPU. Only CopyToDevice, CopyToHost and
@@ -84,6 +85,10 @@ class CudaBackend final : public Backend {
   PinnedUpload rows_upload_;
   DeviceAttentionMetadata attention_metadata_;
   std::vector<uint16_t> convert_scratch_;  // host bf16 conversion of f32/f16 weights
+  int num_sms_ = 0;                        // constant after Init
+  // Split-KV decode attention partial results: grow-only device workspace.
+  float* attention_partial_ = nullptr;
+  size_t attention_partial_floats_ = 0;
 };
 
 }  // namespace tandem

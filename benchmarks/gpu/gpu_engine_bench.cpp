@@ -1,0 +1,461 @@
+// CUDA engine benchmark: the whole engine (scheduler, paged KV, model, sampling) on the CUDA
+// backend with a real model's shapes and dummy weights, beside the two hardware limits measured in
+// the same run:
+//   HBM read bandwidth — a 16-byte-load read probe over 4 GiB (bytes read / time), and a
+//                        device-to-device copy (bytes read + written / time);
+//   bf16 GEMM rate     — cuBLAS bf16 x bf16 -> bf16, fp32 accumulate, 8192^3.
+// Then: decode steps at batch 1/32/64/128/256 with a 1k context (weight bytes / bandwidth is the
+// floor), prefill of 2k and 8k tokens at batch 1 (FLOPs / GEMM rate), the paged attention kernel
+// alone on decode batches (K/V bytes / time), each decode-shaped Linear alone, and the host's CPU
+// time per step (CLOCK_THREAD_CPUTIME_ID around Engine::Step, with blocking sync so waiting for the
+// GPU is not counted as CPU time).
+//
+//   gpu_engine_bench [--config FILE] [--quick]
+// Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
+#include <cuda_runtime_api.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_check.h"
+#include "benchmarks/gpu/bench_kernels.cuh"
+#include "model/model_source.h"
+#include "worker/engine.h"
+
+namespace tandem {
+namespace {
+
+using Seconds = std::chrono::duration<double>;
+
+double WallNow() { return Seconds(Clock::now().time_since_epoch()).count(); }
+double CpuNow() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Device events around a region of the stream.
+class EventTimer {
+ public:
+  EventTimer() = default;
+  ~EventTimer() {
+    if (start_) (void)cudaEventDestroy(start_);
+    if (stop_) (void)cudaEventDestroy(stop_);
+  }
+  Status Init() {
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start_));
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop_));
+    return OkStatus();
+  }
+  Status Start(cudaStream_t s) {
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaEventRecord(start_, s));
+    return OkStatus();
+  }
+  // Seconds since Start, after waiting for the stream.
+  StatusOr<double> Stop(cudaStream_t s) {
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop_, s));
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop_));
+    float ms = 0;
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms * 1e-3;
+  }
+
+ private:
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
+struct DeviceMem {
+  std::unique_ptr<DeviceBuffer> buffer;
+  void* data() const { return buffer->data(); }
+};
+
+StatusOr<DeviceMem> AllocRandom(Backend& backend, cudaStream_t stream, size_t elems, uint64_t seed,
+                                float scale) {
+  DeviceMem m;
+  TANDEM_ASSIGN_OR_RETURN(m.buffer, backend.Allocate(elems * 2));
+  TANDEM_CUDA_RETURN_IF_ERROR(
+      bench::LaunchFillRandomBf16(static_cast<__nv_bfloat16*>(m.data()), elems, seed, scale, stream));
+  return m;
+}
+
+struct Limits {
+  double read_bw = 0;   // bytes/s, read probe
+  double copy_bw = 0;   // bytes/s, read + written by a D2D copy
+  double gemm_rate = 0; // FLOP/s
+};
+
+StatusOr<Limits> MeasureLimits(CudaBackend& backend) {
+  Limits lim;
+  const cudaStream_t s = backend.stream();
+  EventTimer timer;
+  TANDEM_RETURN_IF_ERROR(timer.Init());
+  {
+    const size_t bytes = size_t{4} << 30;
+    TANDEM_ASSIGN_OR_RETURN(DeviceMem buf, AllocRandom(backend, s, bytes / 2, 1, 1.0f));
+    int sms = 0;
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, backend.device()));
+    const int blocks = sms * 4;
+    TANDEM_ASSIGN_OR_RETURN(auto sink, backend.Allocate(sizeof(uint32_t) * blocks));
+    std::vector<double> t;
+    for (int rep = 0; rep < 12; ++rep) {
+      TANDEM_RETURN_IF_ERROR(timer.Start(s));
+      TANDEM_CUDA_RETURN_IF_ERROR(
+          bench::LaunchReadProbe(buf.data(), bytes, static_cast<uint32_t*>(sink->data()), blocks, s));
+      TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
+      if (rep >= 2) t.push_back(dt);
+    }
+    lim.read_bw = static_cast<double>(bytes) / Median(t);
+    // Copy half the buffer onto the other half.
+    t.clear();
+    const size_t half = bytes / 2;
+    for (int rep = 0; rep < 8; ++rep) {
+      TANDEM_RETURN_IF_ERROR(timer.Start(s));
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(static_cast<char*>(buf.data()) + half, buf.data(), half,
+                                                  cudaMemcpyDeviceToDevice, s));
+      TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
+      if (rep >= 2) t.push_back(dt);
+    }
+    lim.copy_bw = 2.0 * static_cast<double>(half) / Median(t);
+  }
+  {
+    constexpr int n = 8192;
+    const size_t elems = size_t{n} * n;
+    TANDEM_ASSIGN_OR_RETURN(DeviceMem a, AllocRandom(backend, s, elems, 2, 1.0f));
+    TANDEM_ASSIGN_OR_RETURN(DeviceMem b, AllocRandom(backend, s, elems, 3, 1.0f));
+    TANDEM_ASSIGN_OR_RETURN(DeviceMem c, AllocRandom(backend, s, elems, 4, 1.0f));
+    Tensor ta(a.data(), DType::kBF16, {n, n}), tb(b.data(), DType::kBF16, {n, n}),
+        tc(c.data(), DType::kBF16, {n, n});
+    std::vector<double> t;
+    for (int rep = 0; rep < 12; ++rep) {
+      TANDEM_RETURN_IF_ERROR(timer.Start(s));
+      TANDEM_RETURN_IF_ERROR(backend.Linear(ta, tb, Tensor(), tc));  // cuBLAS bf16 GEMM
+      TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
+      if (rep >= 2) t.push_back(dt);
+    }
+    lim.gemm_rate = 2.0 * n * static_cast<double>(n) * n / Median(t);
+  }
+  return lim;
+}
+
+// Each decode-shaped Linear alone (M = 1), weights rotated through a 2 GiB pool so they come
+// from HBM: achieved weight bytes / time.
+struct LinearRow {
+  std::string name;
+  int64_t n = 0, k = 0;
+  double seconds = 0;
+};
+
+StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c) {
+  const cudaStream_t s = backend.stream();
+  EventTimer timer;
+  TANDEM_RETURN_IF_ERROR(timer.Init());
+  const size_t pool_elems = size_t{1} << 30;
+  TANDEM_ASSIGN_OR_RETURN(DeviceMem pool, AllocRandom(backend, s, pool_elems, 5, 0.02f));
+  TANDEM_ASSIGN_OR_RETURN(DeviceMem x, AllocRandom(backend, s, 1 << 16, 6, 1.0f));
+  TANDEM_ASSIGN_OR_RETURN(auto out, backend.Allocate(size_t{4} * c.vocab_size));
+  const int64_t h = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim,
+                inter = c.intermediate_size;
+  std::vector<LinearRow> rows = {{"q", q, h},           {"k (or v)", kv, h},  {"qkv fused", q + 2 * kv, h},
+                                 {"o", h, q},           {"gate (or up)", inter, h},
+                                 {"gate+up fused", 2 * inter, h},              {"down", h, inter},
+                                 {"lm_head (f32 out)", c.vocab_size, h}};
+  for (LinearRow& r : rows) {
+    const size_t w_elems = static_cast<size_t>(r.n * r.k);
+    const size_t slots = std::max<size_t>(1, pool_elems / w_elems);
+    const bool f32 = r.name.find("f32") != std::string::npos;
+    Tensor tx(x.data(), DType::kBF16, {1, r.k});
+    Tensor to(out->data(), f32 ? DType::kF32 : DType::kBF16, {1, r.n});
+    std::vector<double> t;
+    for (int rep = 0; rep < 24; ++rep) {
+      Tensor tw(static_cast<__nv_bfloat16*>(pool.data()) + (rep % slots) * w_elems, DType::kBF16, {r.n, r.k});
+      TANDEM_RETURN_IF_ERROR(timer.Start(s));
+      TANDEM_RETURN_IF_ERROR(backend.Linear(tx, tw, Tensor(), to));
+      TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
+      if (rep >= 4) t.push_back(dt);
+    }
+    r.seconds = Median(t);
+  }
+  return rows;
+}
+
+// The paged attention kernel alone on decode batches: `batch` sequences, one query each at
+// position ctx - 1, scattered blocks.
+struct AttentionRow {
+  int batch = 0;
+  double seconds = 0, kv_bytes = 0;
+};
+
+StatusOr<std::vector<AttentionRow>> MeasureDecodeAttention(CudaBackend& backend, const ModelConfig& c,
+                                                           const std::vector<int>& batches, int ctx) {
+  const cudaStream_t s = backend.stream();
+  EventTimer timer;
+  TANDEM_RETURN_IF_ERROR(timer.Init());
+  const int bs = 16;
+  const int max_batch = *std::max_element(batches.begin(), batches.end());
+  const int blocks_per_seq = (ctx + bs - 1) / bs;
+  const int num_blocks = max_batch * blocks_per_seq;
+  const int64_t nh = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim;
+  const size_t cache_elems = static_cast<size_t>(num_blocks) * nkv * bs * hd;
+  TANDEM_ASSIGN_OR_RETURN(DeviceMem k, AllocRandom(backend, s, cache_elems, 7, 1.0f));
+  TANDEM_ASSIGN_OR_RETURN(DeviceMem v, AllocRandom(backend, s, cache_elems, 8, 1.0f));
+  TANDEM_ASSIGN_OR_RETURN(DeviceMem q, AllocRandom(backend, s, static_cast<size_t>(max_batch * nh * hd), 9, 1.0f));
+  TANDEM_ASSIGN_OR_RETURN(auto out, backend.Allocate(static_cast<size_t>(max_batch * nh * hd) * 2));
+  KvLayerView view{Tensor(k.data(), DType::kBF16, {num_blocks, nkv, bs, hd}),
+                   Tensor(v.data(), DType::kBF16, {num_blocks, nkv, bs, hd})};
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(11));
+  AttentionParams params{static_cast<int32_t>(nh), static_cast<int32_t>(nkv), static_cast<int32_t>(hd),
+                         1.0f / std::sqrt(static_cast<float>(hd)), 0};
+  std::vector<AttentionRow> rows;
+  for (int b : batches) {
+    std::vector<int32_t> query_start(b + 1), context_lens(b, ctx), positions(b, ctx - 1);
+    std::vector<int64_t> slots(b);
+    std::iota(query_start.begin(), query_start.end(), 0);
+    std::vector<int32_t> tables(perm.begin(), perm.begin() + static_cast<int64_t>(b) * blocks_per_seq);
+    for (int i = 0; i < b; ++i) {
+      slots[i] = static_cast<int64_t>(tables[i * blocks_per_seq + (ctx - 1) / bs]) * bs + (ctx - 1) % bs;
+    }
+    AttentionMetadata m;
+    m.num_seqs = b;
+    m.num_tokens = b;
+    m.query_start = query_start;
+    m.context_lens = context_lens;
+    m.block_tables = tables;
+    m.max_blocks_per_seq = blocks_per_seq;
+    m.positions = positions;
+    m.slot_mapping = slots;
+    m.block_size = bs;
+    m.max_query_len = 1;
+    m.max_context_len = ctx;
+    Tensor tq(q.data(), DType::kBF16, {b, nh * hd}), to(out->data(), DType::kBF16, {b, nh * hd});
+    std::vector<double> t;
+    for (int rep = 0; rep < 24; ++rep) {
+      TANDEM_RETURN_IF_ERROR(timer.Start(s));
+      TANDEM_RETURN_IF_ERROR(backend.Attention(tq, view, params, m, to));
+      TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
+      if (rep >= 4) t.push_back(dt);
+    }
+    rows.push_back({b, Median(t), 2.0 * b * ctx * nkv * hd * 2.0});
+  }
+  return rows;
+}
+
+int64_t WeightBytes(const ModelConfig& c) {
+  const int64_t per_layer = c.hidden_size * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim +
+                            c.num_heads * c.head_dim * c.hidden_size + 3 * c.hidden_size * c.intermediate_size;
+  return 2 * (c.num_layers * per_layer + c.vocab_size * c.hidden_size);  // bf16; embedding rows not counted
+}
+
+double PrefillFlops(const ModelConfig& c, int64_t t) {
+  const double layer_params = static_cast<double>(c.hidden_size) * (c.num_heads + 2 * c.num_kv_heads) * c.head_dim +
+                              static_cast<double>(c.num_heads) * c.head_dim * c.hidden_size +
+                              3.0 * c.hidden_size * c.intermediate_size;
+  const double attention = 2.0 * c.num_heads * c.head_dim * static_cast<double>(t) * (t + 1);  // causal QK + PV
+  return c.num_layers * (2.0 * layer_params * t + attention) + 2.0 * c.vocab_size * c.hidden_size;
+}
+
+struct StepRow {
+  std::string phase;
+  int batch = 0, tokens = 0, steps = 0;
+  double wall = 0, cpu = 0;  // per step, seconds (median)
+};
+
+struct StepTimes {
+  std::vector<double> wall, cpu;
+};
+
+Status TimedStep(Engine& e, StepTimes* t) {
+  const double w0 = WallNow(), c0 = CpuNow();
+  TANDEM_ASSIGN_OR_RETURN(auto outputs, e.Step());
+  const double c1 = CpuNow(), w1 = WallNow();
+  for (const auto& o : outputs) {
+    if (!o.status.ok()) return o.status;
+  }
+  t->wall.push_back(w1 - w0);
+  t->cpu.push_back(c1 - c0);
+  return OkStatus();
+}
+
+Request MakeRequest(int id, int len, int max_tokens, int64_t vocab) {
+  Request r;
+  r.request_id = std::to_string(id);
+  std::mt19937 rng(static_cast<uint32_t>(id) * 7919u + 1u);
+  for (int i = 0; i < len; ++i) r.prompt_token_ids.push_back(static_cast<int32_t>(rng() % vocab));
+  r.sampling.temperature = 0;
+  r.sampling.max_tokens = max_tokens;
+  r.sampling.ignore_eos = true;
+  return r;
+}
+
+Status Run(const std::filesystem::path& config_path, bool quick) {
+  // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
+  ModelSourceOptions options;
+  options.dummy_weights = true;
+  TANDEM_ASSIGN_OR_RETURN(ModelSource source, OpenModelSource(config_path, options));
+  const ModelConfig config = source.config;
+  CudaBackendOptions bo;
+  bo.gpu_memory_utilization = 0.95;
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> owned, CudaBackend::Create(bo));
+  CudaBackend& backend = *owned;
+  cudaDeviceProp prop{};
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, backend.device()));
+
+  const double t_start = WallNow();
+  TANDEM_ASSIGN_OR_RETURN(Limits lim, MeasureLimits(backend));
+  TANDEM_ASSIGN_OR_RETURN(std::vector<LinearRow> linears, MeasureLinears(backend, config));
+  const std::vector<int> batches = quick ? std::vector<int>{1, 32} : std::vector<int>{1, 32, 64, 128, 256};
+  const int ctx = 1024;
+  TANDEM_ASSIGN_OR_RETURN(std::vector<AttentionRow> attn, MeasureDecodeAttention(backend, config, batches, ctx));
+  const double t_micro = WallNow();
+
+  const int max_batch = batches.back();
+  const int decode_tokens = 160;
+  EngineConfig ec;
+  ec.block_size = 16;
+  ec.max_num_batched_tokens = 8192;
+  ec.max_num_seqs = max_batch;
+  ec.max_model_len = 8192 + 256;
+  ec.enable_prefix_caching = false;
+  ec.num_kv_blocks = max_batch * ((ctx + decode_tokens + 15) / 16) + 8;
+  auto engine_or = Engine::Create(ec, config, std::move(source.weights), std::move(owned));
+  if (!engine_or.ok()) return engine_or.status();
+  Engine& e = **engine_or;
+  const double t_load = WallNow();
+
+  int next_id = 0;
+  std::vector<StepRow> steps;
+  // Warm-up: a short prompt and a few decode steps.
+  TANDEM_RETURN_IF_ERROR(e.AddRequest(MakeRequest(next_id++, 16, 4, config.vocab_size)));
+  while (e.HasUnfinished()) TANDEM_RETURN_IF_ERROR(e.Step().status());
+
+  // Prefill at batch 1: one prompt, one step; median of 3.
+  for (int len : {2048, 8192 - 1}) {
+    StepTimes t;
+    for (int rep = 0; rep < 3; ++rep) {
+      TANDEM_RETURN_IF_ERROR(e.AddRequest(MakeRequest(next_id++, len, 1, config.vocab_size)));
+      TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
+      while (e.HasUnfinished()) TANDEM_RETURN_IF_ERROR(e.Step().status());
+    }
+    steps.push_back({"prefill", 1, len, 1, Median(t.wall), Median(t.cpu)});
+  }
+
+  // Decode: max_batch sequences with distinct 1k prompts; once all decode, time steps, then abort
+  // down to each smaller batch.
+  std::vector<std::string> live;
+  for (int b = 0; b < max_batch; ++b) {
+    live.push_back(std::to_string(next_id));
+    TANDEM_RETURN_IF_ERROR(e.AddRequest(MakeRequest(next_id++, ctx - 16, decode_tokens, config.vocab_size)));
+  }
+  while (e.Stats().num_waiting > 0) TANDEM_RETURN_IF_ERROR(e.Step().status());
+  TANDEM_RETURN_IF_ERROR(e.Step().status());  // the last prefill chunk's step is done: all decode now
+  const int measured_steps = 10;
+  for (auto it = batches.rbegin(); it != batches.rend(); ++it) {
+    const int b = *it;
+    while (static_cast<int>(live.size()) > b) {
+      e.Abort(live.back());
+      live.pop_back();
+    }
+    TANDEM_RETURN_IF_ERROR(e.Step().status());  // drains the aborts' outputs
+    StepTimes t;
+    for (int i = 0; i < measured_steps; ++i) TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
+    if (static_cast<int>(e.Stats().num_running) != b) {
+      return InternalError("decode batch " + std::to_string(b) + " ran with " +
+                           std::to_string(e.Stats().num_running) + " sequences");
+    }
+    steps.push_back({"decode", b, b * measured_steps, measured_steps, Median(t.wall), Median(t.cpu)});
+  }
+  for (const auto& id : live) e.Abort(id);
+  (void)e.Step();
+  const double t_end = WallNow();
+
+  const double weight_bytes = static_cast<double>(WeightBytes(config));
+  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16 (%s, %d SMs, %.1f GiB)\n\n",
+              config_path.filename().c_str(), prop.name, prop.multiProcessorCount,
+              static_cast<double>(prop.totalGlobalMem) / (1 << 30));
+  std::printf("wall: micro-benchmarks %.0f s, engine load %.0f s, engine phases %.0f s\n\n",
+              t_micro - t_start, t_load - t_micro, t_end - t_load);
+  std::printf("## limits measured in this run\n\n| limit | value |\n|---|---|\n");
+  std::printf("| HBM read (read probe, 4 GiB) | %.0f GB/s |\n", lim.read_bw / 1e9);
+  std::printf("| HBM copy (D2D 2 GiB, read + write) | %.0f GB/s |\n", lim.copy_bw / 1e9);
+  std::printf("| cuBLAS bf16 GEMM 8192^3 | %.0f TFLOP/s |\n", lim.gemm_rate / 1e12);
+  std::printf("| weight bytes per decode step | %.2f GB -> floor %.3f ms |\n\n", weight_bytes / 1e9,
+              weight_bytes / lim.read_bw * 1e3);
+
+  std::printf("## engine steps (1k context for decode; per-step medians)\n\n");
+  std::printf("| phase | batch | tokens/step | step ms | tokens/s | floor ms | floor / step | host CPU ms | CPU / step |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (const StepRow& r : steps) {
+    const int per_step = r.phase == "prefill" ? r.tokens : r.batch;
+    double floor;
+    if (r.phase == "prefill") {
+      floor = PrefillFlops(config, r.tokens) / lim.gemm_rate;
+    } else {
+      // Weights once, plus every sequence's K/V of the 1k context once.
+      const double kv = 2.0 * r.batch * ctx * config.num_layers * config.num_kv_heads * config.head_dim * 2.0;
+      floor = (weight_bytes + kv) / lim.read_bw;
+    }
+    std::printf("| %s | %d | %d | %.3f | %.0f | %.3f | %.0f%% | %.3f | %.0f%% |\n", r.phase.c_str(), r.batch,
+                per_step, r.wall * 1e3, per_step / r.wall, floor * 1e3, 100.0 * floor / r.wall, r.cpu * 1e3,
+                100.0 * r.cpu / r.wall);
+  }
+  std::printf("\nprefill floor: FLOPs (matrices, causal attention, one LM-head row) / GEMM rate; "
+              "MFU = floor / step. decode floor: (weights + K/V bytes) / read bandwidth.\n\n");
+
+  std::printf("## paged attention kernel alone (decode, 1 query per sequence, context %d, one layer)\n\n", ctx);
+  std::printf("| batch | us | K/V MB | GB/s | of read bw |\n|---|---|---|---|---|\n");
+  for (const AttentionRow& r : attn) {
+    std::printf("| %d | %.1f | %.1f | %.0f | %.0f%% |\n", r.batch, r.seconds * 1e6, r.kv_bytes / 1e6,
+                r.kv_bytes / r.seconds / 1e9, 100.0 * r.kv_bytes / r.seconds / lim.read_bw);
+  }
+  std::printf("\n## decode-shaped Linear alone (M = 1, weights from HBM)\n\n");
+  std::printf("| weight | N x K | us | GB/s | of read bw |\n|---|---|---|---|---|\n");
+  for (const LinearRow& r : linears) {
+    const double bytes = 2.0 * r.n * r.k;
+    std::printf("| %s | %lld x %lld | %.1f | %.0f | %.0f%% |\n", r.name.c_str(), static_cast<long long>(r.n),
+                static_cast<long long>(r.k), r.seconds * 1e6, bytes / r.seconds / 1e9,
+                100.0 * bytes / r.seconds / lim.read_bw);
+  }
+  return OkStatus();
+}
+
+}  // namespace
+}  // namespace tandem
+
+int main(int argc, char** argv) {
+  std::filesystem::path config = std::filesystem::path(TANDEM_SOURCE_ROOT) / "configs" / "models" / "llama-3.1-8b.json";
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--config" && i + 1 < argc) {
+      config = argv[++i];
+    } else if (a == "--quick") {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick]\n");
+      return 2;
+    }
+  }
+  spdlog::set_level(spdlog::level::warn);
+  const tandem::Status s = tandem::Run(config, quick);
+  if (!s.ok()) {
+    std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,52 @@
+// Split-KV ("flash-decoding") paged attention for decode-only batches: every sequence has exactly
+// one query token (token i belongs to sequence i). Same semantics as paged_attention.cuh (causal,
+// optional sliding window, GQA, K/V through block tables, fp32 online softmax).
+//
+// Work split: one CTA per (key split, KV head, sequence) reads each K/V row of its range once for
+// all query heads of that KV head (up to 8). A half-warp (head_dim 128) or a full warp (256) reads
+// one key row with 16-byte loads, several rows in flight per lane. When a sequence's keys are split
+// over several CTAs (few sequences, long contexts), each writes an unnormalized partial result to
+// `partial` and a second kernel combines them.
+// Head dims 64, 128, 256 and groups of up to 8 query heads per KV head (others: paged_attention).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace tandem::kernels {
+
+bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group);
+
+// Key splits per sequence for a batch: enough CTAs to fill `num_sms` twice, at least 64 keys each.
+int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms);
+
+// Floats of `partial` the launch needs (0 when num_splits == 1).
+size_t PagedDecodeAttentionPartialFloats(int32_t num_seqs, int32_t num_heads, int32_t head_dim, int32_t num_splits);
+
+struct PagedDecodeAttentionParams {
+  const __nv_bfloat16* q = nullptr;        // [num_seqs, num_heads * head_dim]
+  const __nv_bfloat16* k_cache = nullptr;  // [num_blocks, num_kv_heads, block_size, head_dim]
+  const __nv_bfloat16* v_cache = nullptr;
+  __nv_bfloat16* out = nullptr;            // [num_seqs, num_heads * head_dim]
+  const int32_t* block_tables = nullptr;   // device [num_seqs, max_blocks_per_seq]
+  const int32_t* positions = nullptr;      // device [num_seqs]: the query's position (context - 1)
+  float* partial = nullptr;                // device workspace, PagedDecodeAttentionPartialFloats
+  int32_t num_seqs = 0;
+  int32_t max_context = 0;                 // largest position + 1 in the batch
+  int32_t num_splits = 1;
+  int32_t max_blocks_per_seq = 0;
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t block_size = 0;
+  int32_t sliding_window = 0;  // 0: none
+  float scale = 1.0f;
+};
+
+// cudaErrorInvalidValue for an unsupported shape or a missing workspace.
+cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& params, cudaStream_t stream);
+
+}  // namespace tandem::kernels
