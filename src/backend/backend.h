@@ -120,6 +120,33 @@ class Backend {
                            const AttentionMetadata& meta, Tensor out) = 0;
   // out[R, H] = x[rows[r], :]. rows in host memory.
   virtual Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) = 0;
+
+  // --- KV block transfer (disaggregated prefill/decode) ---------------------------------------------
+  // One block of one layer's K (or V) is contiguous in the cache ([num_kv_heads, block_size,
+  // head_dim]); the host buffer holds, layer by layer, K of every listed block then V of every
+  // listed block: [num_layers][K|V][block_ids.size()][num_kv_heads][block_size][head_dim], so layer
+  // l starts at l * 2 * block_ids.size() * block_bytes and is one contiguous chunk on the wire.
+  // Synchronous with respect to the host. `host` must hold KvBlocksHostBytes(...) bytes.
+  // Gathers `block_ids` of every layer of `layers` into `host`.
+  virtual Status GatherKvBlocks(std::span<const KvLayerView> layers, std::span<const int32_t> block_ids,
+                                void* host) {
+    return UnimplementedError(std::string(name()) + " backend: GatherKvBlocks is not implemented");
+  }
+  // Writes `host` (laid out as above) into `block_ids` of every layer of `layers`.
+  virtual Status ScatterKvBlocks(const void* host, std::span<const int32_t> block_ids,
+                                 std::span<const KvLayerView> layers) {
+    return UnimplementedError(std::string(name()) + " backend: ScatterKvBlocks is not implemented");
+  }
 };
+
+// Bytes one block of one layer's K (or V) takes: num_kv_heads * block_size * head_dim * dtype size.
+inline size_t KvBlockBytes(const KvLayerView& layer) {
+  return layer.k.nbytes() / static_cast<size_t>(layer.k.dim(0));
+}
+
+// Bytes of the host buffer of Gather/ScatterKvBlocks for `num_blocks` blocks of every layer.
+inline size_t KvBlocksHostBytes(std::span<const KvLayerView> layers, size_t num_blocks) {
+  return layers.empty() ? 0 : 2 * layers.size() * num_blocks * KvBlockBytes(layers[0]);
+}
 
 }  // namespace tandem

@@ -7,18 +7,34 @@
 // SIGTERM/SIGINT (blocked in every thread, taken with sigwait). On a signal: health turns
 // NOT_SERVING, the engine stops accepting and drains for server.shutdown_grace_s (then aborts what
 // is left), the gRPC server stops, and the process exits 0.
+//
+// With `deployment: disaggregated` (configs/cpu-disagg.yaml) this process serves nothing itself: it
+// starts disaggregated.prefill_workers `tandem worker --role prefill`, as many decode workers and
+// one `tandem router` as child processes on this host (each reports its bound address through a
+// pipe), logs "listening on ADDR" with the router's address, and supervises them: a worker that
+// dies is logged (its requests fail UNAVAILABLE at the router), the router dying ends everything;
+// SIGTERM/SIGINT stops the router first (it drains), then the workers, and exits 0. Children get
+// SIGTERM if this process dies (PR_SET_PDEATHSIG).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include "cli/commands.h"
 #include "cli/model_loading.h"
 #include "common/config_yaml.h"
 #include "model/model_config.h"
+#include "router/disagg_config.h"
 #include "router/executor.h"
 #include "router/grpc_server.h"
 #include "worker/engine_loop.h"
@@ -57,7 +73,181 @@ std::string DefaultModelName(const std::string& path) {
   return p.filename().string();
 }
 
+// --- disaggregated: child processes ----------------------------------------------------------------
+
+struct Child {
+  std::string name;  // "prefill worker 0", "router"
+  pid_t pid = -1;
+  std::string address;
+  bool exited = false;
+};
+
+// Starts `tandem ARGS... --ready-fd N` and waits until it writes its address to the pipe.
+StatusOr<Child> StartChild(const std::string& name, std::vector<std::string> args, double timeout_s) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return InternalError("pipe failed");
+  args.push_back("--ready-fd");
+  args.push_back(std::to_string(fds[1]));
+  char exe[4096];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) return InternalError("cannot find this executable (/proc/self/exe)");
+  exe[n] = '\0';
+  std::vector<char*> argv;
+  argv.push_back(exe);
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) return InternalError("fork failed");
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(1);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    fcntl(fds[1], F_SETFD, 0);  // the ready pipe survives exec
+    execv(exe, argv.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  Child child{name, pid, "", false};
+  std::string line;
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(timeout_s));
+  while (line.find('\n') == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    pollfd p{fds[0], POLLIN, 0};
+    if (left.count() <= 0 || poll(&p, 1, static_cast<int>(left.count())) <= 0) {
+      close(fds[0]);
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+      return UnavailableError(name + " did not start within " + std::to_string(timeout_s) + " s");
+    }
+    char buf[256];
+    const ssize_t got = read(fds[0], buf, sizeof(buf));
+    if (got <= 0) {
+      close(fds[0]);
+      waitpid(pid, nullptr, 0);
+      return UnavailableError(name + " exited during startup (see its log above)");
+    }
+    line.append(buf, static_cast<size_t>(got));
+  }
+  close(fds[0]);
+  child.address = line.substr(0, line.find('\n'));
+  return child;
+}
+
+// SIGTERM, then SIGKILL after `grace_s`.
+void StopChild(Child& child, double grace_s) {
+  if (child.exited || child.pid <= 0) return;
+  kill(child.pid, SIGTERM);
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(grace_s));
+  while (Clock::now() < deadline) {
+    if (waitpid(child.pid, nullptr, WNOHANG) == child.pid) {
+      child.exited = true;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  spdlog::warn("{} (pid {}) ignored SIGTERM; killing it", child.name, child.pid);
+  kill(child.pid, SIGKILL);
+  waitpid(child.pid, nullptr, 0);
+  child.exited = true;
+}
+
+int RunDisaggregated(const ServeFlags& flags, const DisaggDeploymentConfig& config) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ConfigureLogging(flags.log_level.empty() ? config.base.log_level : flags.log_level);
+  spdlog::info("tandem serve: disaggregated deployment from {}: {} prefill + {} decode workers",
+               flags.config, config.disagg.prefill_workers, config.disagg.decode_workers);
+  std::vector<std::string> common = {"--config", flags.config};
+  if (!flags.model.empty()) common.insert(common.end(), {"--model", flags.model});
+  if (!flags.log_level.empty()) common.insert(common.end(), {"--log-level", flags.log_level});
+  std::vector<Child> children;
+  auto stop_all = [&] {
+    for (auto it = children.rbegin(); it != children.rend(); ++it) {
+      StopChild(*it, config.base.server.shutdown_grace_s + 5);
+    }
+  };
+  std::vector<std::string> prefill_addresses, decode_addresses;
+  for (const auto& [role, count] : {std::pair<std::string, int>("prefill", config.disagg.prefill_workers),
+                                    std::pair<std::string, int>("decode", config.disagg.decode_workers)}) {
+    for (int i = 0; i < count; ++i) {
+      std::vector<std::string> args = {"worker", "--role", role, "--listen",
+                                       config.disagg.worker_host + ":0"};
+      args.insert(args.end(), common.begin(), common.end());
+      const std::string name = role + " worker " + std::to_string(i);
+      auto child = StartChild(name, args, config.disagg.worker_start_timeout_s);
+      if (!child.ok()) {
+        spdlog::error("{}", child.status().ToString());
+        stop_all();
+        return 1;
+      }
+      spdlog::info("started {} (pid {}) on {}", name, child->pid, child->address);
+      (role == "prefill" ? prefill_addresses : decode_addresses).push_back(child->address);
+      children.push_back(std::move(child).value());
+    }
+  }
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& a : v) s += (s.empty() ? "" : ",") + a;
+    return s;
+  };
+  std::vector<std::string> router_args = {"router", "--prefill", join(prefill_addresses), "--decode",
+                                          join(decode_addresses), "--listen",
+                                          flags.listen.empty() ? config.base.server.listen : flags.listen};
+  router_args.insert(router_args.end(), common.begin(), common.end());
+  if (!flags.model_name.empty()) router_args.insert(router_args.end(), {"--model-name", flags.model_name});
+  auto router = StartChild("router", router_args, config.disagg.worker_start_timeout_s);
+  if (!router.ok()) {
+    spdlog::error("{}", router.status().ToString());
+    stop_all();
+    return 1;
+  }
+  spdlog::info("started router (pid {})", router->pid);
+  const std::string address = router->address;
+  children.push_back(std::move(router).value());
+  spdlog::info("listening on {} (router; tandem.v1.Generation, tandem.v1.Admin, health, reflection); "
+               "SIGTERM or SIGINT stops", address);
+
+  for (;;) {
+    int signal_number = 0;
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGCHLD) {
+      spdlog::info("received {}; stopping the router, then the workers",
+                   signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+      break;
+    }
+    bool router_died = false;
+    for (Child& child : children) {
+      int status = 0;
+      if (child.exited || waitpid(child.pid, &status, WNOHANG) != child.pid) continue;
+      child.exited = true;
+      spdlog::error("{} (pid {}) exited ({} {}); its requests fail with UNAVAILABLE", child.name,
+                    child.pid, WIFSIGNALED(status) ? "signal" : "status",
+                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+      router_died = router_died || child.name == "router";
+    }
+    if (router_died) {
+      stop_all();
+      return 1;
+    }
+  }
+  stop_all();
+  spdlog::info("tandem serve: stopped");
+  return 0;
+}
+
 int Run(const ServeFlags& flags) {
+  if (auto disagg = LoadDisaggDeploymentConfig(flags.config); disagg.ok() && disagg->disaggregated) {
+    return RunDisaggregated(flags, *disagg);
+  }
   // Every thread started from here on inherits this mask; main() takes the signals with sigwait.
   sigset_t signals;
   sigemptyset(&signals);
@@ -144,7 +334,7 @@ int Run(const ServeFlags& flags) {
 
 void AddServeCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<ServeFlags>();
-  auto* cmd = app.add_subcommand("serve", "Serve the gRPC API with one colocated worker");
+  auto* cmd = app.add_subcommand("serve", "Serve the gRPC API: one colocated worker, or a disaggregated deployment (router + workers)");
   cmd->add_option("--config", flags->config, "Deployment config (YAML), e.g. configs/cpu-colocated.yaml")
       ->required();
   cmd->add_option("--model", flags->model,

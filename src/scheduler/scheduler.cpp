@@ -23,6 +23,18 @@ void Scheduler::Remove(Sequence* seq) {
   blocks_->FreeSequence(seq->id());
 }
 
+void Scheduler::Detach(Sequence* seq) {
+  TANDEM_CHECK(std::find(running_.begin(), running_.end(), seq) != running_.end());
+  std::erase(running_, seq);
+}
+
+void Scheduler::AddRunning(Sequence* seq) {
+  TANDEM_CHECK(seq->state() == SequenceState::kDecoding);
+  TANDEM_CHECK(blocks_->HasSequence(seq->id()));
+  TANDEM_CHECK(std::find(running_.begin(), running_.end(), seq) == running_.end());
+  running_.push_back(seq);
+}
+
 void Scheduler::Preempt(Sequence* seq) {
   // running -> waiting: recompute later; the prefix cache may keep part of its KV.
   blocks_->FreeSequence(seq->id());

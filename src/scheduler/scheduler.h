@@ -50,6 +50,12 @@ class Scheduler {
   void Add(Sequence* seq);
   // Removes a sequence from whichever queue holds it and frees its KV blocks (finish or abort).
   void Remove(Sequence* seq);
+  // Disaggregation. Detach: takes a running sequence out of the running list but leaves its KV
+  // blocks allocated (a prefill worker's sequence whose KV is being read for transfer).
+  // AddRunning: puts a kDecoding sequence whose blocks were allocated outside Schedule (a decode
+  // worker's sequence whose KV just arrived) into the running list.
+  void Detach(Sequence* seq);
+  void AddRunning(Sequence* seq);
 
   SchedulerOutput Schedule();
 

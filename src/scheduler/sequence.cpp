@@ -32,7 +32,8 @@ bool IsLegalTransition(SequenceState from, SequenceState to) {
   using S = SequenceState;
   if (to == S::kAborted) return from != S::kFinished && from != S::kAborted;
   switch (from) {
-    case S::kWaiting: return to == S::kPrefilling;
+    // kTransferringKv: a decode worker reserved blocks for KV that a prefill worker sends.
+    case S::kWaiting: return to == S::kPrefilling || to == S::kTransferringKv;
     case S::kPrefilling:
       return to == S::kDecoding || to == S::kTransferringKv || to == S::kWaiting || to == S::kFinished;
     case S::kTransferringKv: return to == S::kDecoding || to == S::kFinished || to == S::kWaiting;

@@ -11,6 +11,12 @@
 //                     kSwappedOut ◀──preempt(swap)───────┘ ──swap in──▶ kDecoding
 //   any state but kFinished ──abort──▶ kAborted
 //
+// Disaggregated serving (EngineConfig::role):
+//   prefill worker: kPrefilling ──first token──▶ kTransferringKv ──KV read──▶ kFinished (released;
+//                   the request goes on at the decode worker)
+//   decode worker:  kWaiting ──blocks reserved──▶ kTransferringKv ──KV written──▶ kDecoding
+//                   (a failed or cancelled transfer: kTransferringKv ──▶ kAborted, blocks freed)
+//
 // A Sequence holds KV blocks exactly while in kPrefilling, kTransferringKv or kDecoding.
 #pragma once
 

@@ -16,6 +16,23 @@ double MillisBetween(Clock::time_point a, Clock::time_point b) {
 
 }  // namespace
 
+std::string_view EngineRoleName(EngineRole role) {
+  switch (role) {
+    case EngineRole::kColocated: return "colocated";
+    case EngineRole::kPrefill: return "prefill";
+    case EngineRole::kDecode: return "decode";
+  }
+  return "?";
+}
+
+StatusOr<EngineRole> ParseEngineRole(std::string_view name) {
+  for (EngineRole role : {EngineRole::kColocated, EngineRole::kPrefill, EngineRole::kDecode}) {
+    if (name == EngineRoleName(role)) return role;
+  }
+  return InvalidArgumentError("engine role must be colocated, prefill or decode, got '" +
+                              std::string(name) + "'");
+}
+
 Status EngineConfig::Validate() const {
   if (block_size < 1 || block_size > 1024) {
     return InvalidArgumentError("block_size must be in [1, 1024], got " + std::to_string(block_size));
@@ -77,6 +94,9 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
                                   std::to_string(shape.BytesPerBlock()) + " bytes)");
   }
   TANDEM_ASSIGN_OR_RETURN(engine->kv_cache_, KvCache::Create(*engine->backend_, shape));
+  for (int32_t l = 0; l < shape.num_layers; ++l) engine->kv_layers_.push_back(engine->kv_cache_->layer(l));
+  engine->kv_geometry_ = KvGeometry{shape.num_layers, shape.block_size, shape.num_kv_heads,
+                                    shape.head_dim, shape.dtype};
   engine->blocks_ = std::make_unique<BlockManager>(
       BlockManagerConfig{shape.num_blocks, config.block_size, config.enable_prefix_caching});
   TANDEM_ASSIGN_OR_RETURN(auto policy, MakeSchedulingPolicy(config.scheduling_policy));
@@ -87,8 +107,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
   engine->scheduler_ = std::make_unique<Scheduler>(sched, engine->blocks_.get(), std::move(policy));
   engine->eos_ids_ = model_config.eos_token_ids;
   engine->seed_rng_.seed(config.seed);
-  spdlog::info("engine: {} backend, {} KV blocks of {} tokens ({:.1f} MiB), max_model_len {}",
-               engine->backend_->name(), shape.num_blocks, shape.block_size,
+  spdlog::info("engine ({}): {} backend, {} KV blocks of {} tokens ({:.1f} MiB), max_model_len {}",
+               EngineRoleName(config.role), engine->backend_->name(), shape.num_blocks, shape.block_size,
                static_cast<double>(shape.BytesPerBlock()) * shape.num_blocks / (1 << 20),
                engine->max_model_len_);
   return engine;
@@ -96,7 +116,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
 
 Engine::~Engine() = default;
 
-Status Engine::AddRequest(Request request) {
+Status Engine::ValidateRequest(const Request& request) const {
   const ModelConfig& mc = model_->config();
   if (request.request_id.empty()) return InvalidArgumentError("request_id must not be empty");
   if (sequences_.count(request.request_id) != 0) {
@@ -127,6 +147,11 @@ Status Engine::AddRequest(Request request) {
                                 std::to_string(blocks_->config().num_blocks) +
                                 "; lower max_tokens or enlarge the KV cache");
   }
+  return OkStatus();
+}
+
+Status Engine::AddRequest(Request request) {
+  TANDEM_RETURN_IF_ERROR(ValidateRequest(request));
   const uint64_t seed = request.sampling.seed ? *request.sampling.seed : seed_rng_();
   auto req = std::make_shared<const Request>(std::move(request));
   auto seq = std::make_unique<Sequence>(next_seq_id_++, req, seed);
@@ -135,12 +160,123 @@ Status Engine::AddRequest(Request request) {
   return OkStatus();
 }
 
-bool Engine::Abort(const std::string& request_id) {
+Status Engine::AddTransferredRequest(Request request) {
+  TANDEM_RETURN_IF_ERROR(ValidateRequest(request));
+  const uint64_t seed = request.sampling.seed ? *request.sampling.seed : seed_rng_();
+  auto req = std::make_shared<const Request>(std::move(request));
+  auto seq = std::make_unique<Sequence>(next_seq_id_++, req, seed);
+  // The prompt's KV arrives; the first decode step writes the first token's. No prefix matching:
+  // the transfer overwrites every reserved block, so none may be shared.
+  const int64_t reserve = static_cast<int64_t>(seq->num_prompt_tokens()) + 1;
+  auto allocated = blocks_->AllocateSequence(seq->id(), {}, reserve);
+  if (!allocated.ok()) {
+    return ResourceExhaustedError("no KV blocks free for request '" + req->request_id + "' (" +
+                                  allocated.status().message() + "); retry later");
+  }
+  // waiting -> transferring_kv (holds the reserved blocks from now on)
+  seq->TransitionTo(SequenceState::kTransferringKv);
+  sequences_.emplace(req->request_id, std::move(seq));
+  return OkStatus();
+}
+
+Sequence* Engine::FindTransferring(const std::string& request_id) {
+  auto it = sequences_.find(request_id);
+  if (it == sequences_.end() || it->second->state() != SequenceState::kTransferringKv) return nullptr;
+  return it->second.get();
+}
+
+Status Engine::CompleteTransfer(const KvHandoff& handoff) {
+  Sequence* seq = FindTransferring(handoff.request_id);
+  if (seq == nullptr) {
+    return NotFoundError("no request '" + handoff.request_id + "' waits for KV here (cancelled?)");
+  }
+  if (!(handoff.geometry == kv_geometry_)) {
+    return InvalidArgumentError("KV geometry " + handoff.geometry.ToString() + " does not match this "
+                                "worker's " + kv_geometry_.ToString());
+  }
+  if (handoff.num_tokens != seq->num_prompt_tokens() ||
+      handoff.num_blocks != blocks_->BlocksForTokens(handoff.num_tokens) ||
+      handoff.data.size() != handoff.TotalBytes()) {
+    return InvalidArgumentError("KV of request '" + handoff.request_id + "' covers " +
+                                std::to_string(handoff.num_tokens) + " tokens in " +
+                                std::to_string(handoff.num_blocks) + " blocks (" +
+                                std::to_string(handoff.data.size()) + " bytes); expected the " +
+                                std::to_string(seq->num_prompt_tokens()) + "-token prompt");
+  }
+  const int64_t vocab = model_->config().vocab_size;
+  if (handoff.first_token < 0 || handoff.first_token >= vocab) {
+    return InvalidArgumentError("first token " + std::to_string(handoff.first_token) +
+                                " is outside the vocabulary");
+  }
+  auto table = blocks_->BlockTable(seq->id());
+  TANDEM_CHECK_GE(static_cast<int32_t>(table.size()), handoff.num_blocks);
+  TANDEM_RETURN_IF_ERROR(backend_->ScatterKvBlocks(
+      handoff.data.data(), table.first(static_cast<size_t>(handoff.num_blocks)), kv_layers_));
+  seq->num_computed_tokens = handoff.num_tokens;
+  blocks_->CommitComputed(seq->id(), seq->tokens(), seq->num_computed_tokens);
+  seq->AppendToken(handoff.first_token);
+  const Clock::time_point now = Clock::now();
+  seq->first_scheduled_time = now;
+  seq->first_token_time = now;
+  seq->last_token_time = now;
+  FinishReason reason;
+  if (CheckStop(*seq, handoff.first_token, &reason)) {
+    // The prefill worker stops on the same conditions, so this is a peer's mistake; end it cleanly.
+    FinishSequence(*seq, reason);
+    pending_final_.push_back(MakeOutput(*seq, /*final=*/true));
+    sequences_.erase(handoff.request_id);
+    return OkStatus();
+  }
+  // transferring_kv -> decoding (joins the running batch)
+  seq->TransitionTo(SequenceState::kDecoding);
+  scheduler_->AddRunning(seq);
+  return OkStatus();
+}
+
+std::vector<std::string> Engine::TakeTransferReady() {
+  std::vector<std::string> ready = std::move(transfer_ready_);
+  transfer_ready_.clear();
+  return ready;
+}
+
+StatusOr<KvHandoff> Engine::ReadKvForTransfer(const std::string& request_id) {
+  Sequence* seq = FindTransferring(request_id);
+  if (seq == nullptr) return NotFoundError("no request '" + request_id + "' waits for KV transfer");
+  KvHandoff handoff;
+  handoff.request_id = request_id;
+  handoff.geometry = kv_geometry_;
+  handoff.num_tokens = seq->num_prompt_tokens();
+  handoff.num_blocks = blocks_->BlocksForTokens(handoff.num_tokens);
+  TANDEM_CHECK_EQ(seq->num_computed_tokens, handoff.num_tokens);
+  TANDEM_CHECK_EQ(seq->num_output_tokens(), 1);
+  handoff.first_token = seq->output_tokens()[0];
+  auto table = blocks_->BlockTable(seq->id());
+  TANDEM_CHECK_GE(static_cast<int32_t>(table.size()), handoff.num_blocks);
+  handoff.data.resize(handoff.TotalBytes());
+  TANDEM_RETURN_IF_ERROR(backend_->GatherKvBlocks(
+      kv_layers_, table.first(static_cast<size_t>(handoff.num_blocks)), handoff.data.data()));
+  return handoff;
+}
+
+StatusOr<RequestOutput> Engine::ReleaseTransferred(const std::string& request_id) {
+  Sequence* seq = FindTransferring(request_id);
+  if (seq == nullptr) return NotFoundError("no request '" + request_id + "' waits for KV transfer");
+  // transferring_kv -> finished: handed off; the decode worker finishes the request.
+  scheduler_->Remove(seq);  // frees its blocks (full ones stay in the prefix cache)
+  seq->TransitionTo(SequenceState::kFinished);
+  RequestOutput out = MakeOutput(*seq, /*final=*/true);
+  out.finish_reason = FinishReason::kNone;
+  sequences_.erase(request_id);
+  return out;
+}
+
+bool Engine::Abort(const std::string& request_id, Status error) {
   auto it = sequences_.find(request_id);
   if (it == sequences_.end()) return false;
   Sequence& seq = *it->second;
-  FinishSequence(seq, FinishReason::kAbort);
+  FinishSequence(seq, error.ok() ? FinishReason::kAbort : FinishReason::kError);
   pending_final_.push_back(MakeOutput(seq, /*final=*/true));
+  pending_final_.back().status = std::move(error);
   sequences_.erase(it);
   return true;
 }
@@ -305,8 +441,15 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
       FinishSequence(seq, reason);
       finished.push_back(&seq);
     } else if (seq.state() == SequenceState::kPrefilling) {
-      // prefilling -> decoding (first token of this admission sampled)
-      seq.TransitionTo(SequenceState::kDecoding);
+      if (config_.role == EngineRole::kPrefill && seq.num_output_tokens() == 1) {
+        // prefilling -> transferring_kv: out of the batch, blocks kept until the KV is read
+        scheduler_->Detach(&seq);
+        seq.TransitionTo(SequenceState::kTransferringKv);
+        transfer_ready_.push_back(seq.request().request_id);
+      } else {
+        // prefilling -> decoding (first token of this admission sampled)
+        seq.TransitionTo(SequenceState::kDecoding);
+      }
     }
   }
   for (const auto& s : plan.scheduled) {
@@ -324,6 +467,9 @@ EngineStats Engine::Stats() const {
   stats.blocks = blocks_->Stats();
   stats.num_waiting = scheduler_->num_waiting();
   stats.num_running = scheduler_->num_running();
+  for (const auto& [id, seq] : sequences_) {
+    if (seq->state() == SequenceState::kTransferringKv) ++stats.num_transferring;
+  }
   stats.num_steps = num_steps_;
   stats.num_preemptions = num_preemptions_;
   return stats;
@@ -333,10 +479,16 @@ void Engine::CheckInvariants() const {
   blocks_->CheckInvariants();
   const BlockManagerStats s = blocks_->Stats();
   TANDEM_CHECK_EQ(s.num_free + s.num_cached + s.num_in_use, s.num_total);
-  int64_t holding = 0;
+  int64_t holding = 0, transferring = 0;
   for (const auto& [id, seq] : sequences_) {
     TANDEM_CHECK(seq->IsLive());
-    if (blocks_->HasSequence(seq->id())) ++holding;
+    const bool has_blocks = blocks_->HasSequence(seq->id());
+    if (seq->state() == SequenceState::kTransferringKv) {
+      TANDEM_CHECK(has_blocks) << "a sequence in transferring_kv holds no blocks";
+      ++transferring;
+    } else if (has_blocks) {
+      ++holding;
+    }
   }
   TANDEM_CHECK_LE(holding, static_cast<int64_t>(scheduler_->num_running()));
   if (sequences_.empty()) TANDEM_CHECK_EQ(s.num_in_use, 0);

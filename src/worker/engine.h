@@ -7,6 +7,20 @@
 // A step: Schedule() -> build the flat token batch -> model forward -> sample the sequences whose
 // chunk reached their end -> commit computed KV to the prefix cache -> check stop conditions ->
 // free finished sequences -> return outputs.
+//
+// Roles (EngineConfig::role; see scheduler/sequence.h for the states):
+//   colocated: prefill and decode here.
+//   prefill:   a sequence that samples its first token (and does not stop there) leaves the batch
+//              in kTransferringKv, keeping its blocks; its output with the first token goes out at
+//              once (TTFT). The caller then takes it (TakeTransferReady), reads its KV
+//              (ReadKvForTransfer) and releases it (ReleaseTransferred: blocks freed, the request
+//              is finished here with FinishReason::kNone, "handed off").
+//   decode:    AddTransferredRequest reserves the blocks for the incoming KV before any byte moves
+//              (all or nothing, so admission counts KV in flight); the sequence waits in
+//              kTransferringKv until CompleteTransfer writes the KV and moves it to kDecoding and
+//              into the running batch. Abort (cancel, failed transfer) frees the reservation.
+//              Requests may also arrive whole (AddRequest): a decode worker can still prefill, e.g.
+//              to recompute a preempted sequence.
 #pragma once
 
 #include <cstdint>
@@ -24,10 +38,17 @@
 #include "sampling/sampler.h"
 #include "scheduler/scheduler.h"
 #include "tandem/request.h"
+#include "transfer/kv_handoff.h"
 
 namespace tandem {
 
+enum class EngineRole : uint8_t { kColocated, kPrefill, kDecode };
+std::string_view EngineRoleName(EngineRole role);
+// "colocated", "prefill" or "decode"; InvalidArgument otherwise.
+StatusOr<EngineRole> ParseEngineRole(std::string_view name);
+
 struct EngineConfig {
+  EngineRole role = EngineRole::kColocated;
   int32_t block_size = 16;
   // KV cache size: num_kv_blocks if > 0, else as many blocks as kv_cache_bytes holds.
   int32_t num_kv_blocks = 0;
@@ -49,6 +70,7 @@ struct EngineStats {
   BlockManagerStats blocks;
   size_t num_waiting = 0;
   size_t num_running = 0;
+  size_t num_transferring = 0;  // in kTransferringKv (holding blocks, outside the batch)
   int64_t num_steps = 0;
   int64_t num_preemptions = 0;
 };
@@ -70,22 +92,47 @@ class Engine {
   // sampling parameters, duplicate live id) leaves the engine untouched.
   Status AddRequest(Request request);
 
-  // Aborts a live request at any point (waiting, mid-prefill, mid-decode): frees everything it
-  // holds and emits a final output with FinishReason::kAbort on the next Step(). Returns false if
+  // Aborts a live request at any point (waiting, mid-prefill, waiting for KV, mid-decode): frees
+  // everything it holds and emits a final output with FinishReason::kAbort on the next Step() —
+  // or, when `error` is not OK (a failed KV transfer), kError with that status. Returns false if
   // no live request has this id.
-  bool Abort(const std::string& request_id);
+  bool Abort(const std::string& request_id, Status error = OkStatus());
 
   // Runs one step (if there is work) and returns outputs: new tokens of running requests and the
   // final output of every request that finished or was aborted since the last call.
   StatusOr<std::vector<RequestOutput>> Step();
 
+  // --- disaggregation (see the roles above) --------------------------------------------------------
+  // Prefill role: ids of the sequences that entered kTransferringKv since the last call.
+  std::vector<std::string> TakeTransferReady();
+  // Prefill role: copies the KV of a kTransferringKv sequence's prompt (all layers, K and V) into
+  // a handoff. NotFound / FailedPrecondition when no such sequence waits for transfer.
+  StatusOr<KvHandoff> ReadKvForTransfer(const std::string& request_id);
+  // Prefill role: frees a kTransferringKv sequence's blocks and returns its final output
+  // (finished, FinishReason::kNone: the request goes on elsewhere). NotFound if not waiting.
+  StatusOr<RequestOutput> ReleaseTransferred(const std::string& request_id);
+
+  // Decode role: validates like AddRequest, then reserves blocks for the prompt's KV and the
+  // first decode step. ResourceExhausted (nothing changed) when the blocks are not free now.
+  Status AddTransferredRequest(Request request);
+  // Decode role: writes the received KV into the reserved blocks, appends the first token (not
+  // emitted again: the prefill worker streamed it) and moves the sequence to kDecoding. On an
+  // error the reservation stays; the caller aborts it.
+  Status CompleteTransfer(const KvHandoff& handoff);
+  // The geometry a handoff must have to be accepted here (and that ReadKvForTransfer produces).
+  const KvGeometry& kv_geometry() const { return kv_geometry_; }
+
   bool HasUnfinished() const { return !sequences_.empty() || !pending_final_.empty(); }
+  // Whether Step() has anything to do (sequences waiting for KV do not count).
+  bool HasStepWork() const { return scheduler_->HasWork() || !pending_final_.empty(); }
   EngineStats Stats() const;
   // TANDEM_CHECKs the KV accounting and that no finished sequence holds blocks.
   void CheckInvariants() const;
 
  private:
   Engine() = default;
+  Status ValidateRequest(const Request& request) const;
+  Sequence* FindTransferring(const std::string& request_id);
   RequestOutput MakeOutput(Sequence& seq, bool final);
   void FinishSequence(Sequence& seq, FinishReason reason);
   bool CheckStop(const Sequence& seq, TokenId token, FinishReason* reason) const;
@@ -96,6 +143,8 @@ class Engine {
   std::unique_ptr<WeightSource> weights_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KvCache> kv_cache_;
+  std::vector<KvLayerView> kv_layers_;  // Constant after construction
+  KvGeometry kv_geometry_;              // Constant after construction
   std::unique_ptr<BlockManager> blocks_;
   std::unique_ptr<Scheduler> scheduler_;
   std::vector<int64_t> eos_ids_;
@@ -104,6 +153,7 @@ class Engine {
   std::mt19937_64 seed_rng_;
   std::unordered_map<std::string, std::unique_ptr<Sequence>> sequences_;  // live, by request id
   std::vector<RequestOutput> pending_final_;  // finished outside Step (aborts)
+  std::vector<std::string> transfer_ready_;   // prefill role: entered kTransferringKv
   int64_t num_steps_ = 0;
   int64_t num_preemptions_ = 0;
 

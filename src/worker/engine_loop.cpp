@@ -37,6 +37,8 @@ EngineLoop::EngineLoop(std::unique_ptr<Engine> engine, EngineLoopConfig config)
   info_.block_size = engine_->config().block_size;
   info_.num_kv_blocks = stats.blocks.num_total;
   info_.eos_token_ids = engine_->model_config().eos_token_ids;
+  info_.role = engine_->config().role;
+  info_.kv_geometry = engine_->kv_geometry();
   stats_.engine = stats;
   shutdown_result_ = shutdown_promise_.get_future().share();
   thread_ = std::thread([this] { Run(); });
@@ -44,35 +46,62 @@ EngineLoop::EngineLoop(std::unique_ptr<Engine> engine, EngineLoopConfig config)
 
 EngineLoop::~EngineLoop() { (void)Shutdown(Clock::now()); }
 
-Status EngineLoop::Submit(Request request, OutputCallback on_output) {
-  if (!on_output) return InvalidArgumentError("Submit needs an output callback");
+Status EngineLoop::Enqueue(Command command, bool wait) {
   std::future<Status> verdict;
+  if (wait) verdict = command.verdict.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!accepting_) {
+    if (!accepting_ && (command.kind == Command::Kind::kSubmit ||
+                        command.kind == Command::Kind::kSubmitTransferred)) {
       return UnavailableError("the server is shutting down and accepts no new requests; retry on "
                               "another replica");
     }
-    Command command;
-    command.kind = Command::Kind::kSubmit;
-    command.request = std::move(request);
-    command.on_output = std::move(on_output);
-    verdict = command.verdict.get_future();
+    if (exited_) return UnavailableError("the engine has stopped");
     commands_.push_back(std::move(command));
   }
   wake_.notify_one();
-  return verdict.get();
+  return wait ? verdict.get() : OkStatus();
+}
+
+Status EngineLoop::Submit(Request request, OutputCallback on_output, KvHandoffCallback on_kv) {
+  if (!on_output) return InvalidArgumentError("Submit needs an output callback");
+  Command command;
+  command.kind = Command::Kind::kSubmit;
+  command.request = std::move(request);
+  command.on_output = std::move(on_output);
+  command.on_kv = std::move(on_kv);
+  return Enqueue(std::move(command), /*wait=*/true);
+}
+
+Status EngineLoop::SubmitTransferred(Request request, OutputCallback on_output) {
+  if (!on_output) return InvalidArgumentError("SubmitTransferred needs an output callback");
+  Command command;
+  command.kind = Command::Kind::kSubmitTransferred;
+  command.request = std::move(request);
+  command.on_output = std::move(on_output);
+  return Enqueue(std::move(command), /*wait=*/true);
+}
+
+Status EngineLoop::CompleteTransfer(KvHandoff handoff) {
+  Command command;
+  command.kind = Command::Kind::kCompleteTransfer;
+  command.handoff = std::move(handoff);
+  return Enqueue(std::move(command), /*wait=*/true);
+}
+
+void EngineLoop::FailTransfer(const std::string& request_id, Status error) {
+  Command command;
+  command.kind = Command::Kind::kCancel;
+  command.request_id = request_id;
+  command.error = error.ok() ? InternalError("KV transfer failed") : std::move(error);
+  (void)Enqueue(std::move(command), /*wait=*/false);
 }
 
 void EngineLoop::Cancel(const std::string& request_id) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    Command command;
-    command.kind = Command::Kind::kCancel;
-    command.request_id = request_id;
-    commands_.push_back(std::move(command));
-  }
-  wake_.notify_one();
+  Command command;
+  command.kind = Command::Kind::kCancel;
+  command.request_id = request_id;
+  (void)Enqueue(std::move(command), /*wait=*/false);
 }
 
 EngineLoopStats EngineLoop::Stats() const {
@@ -112,7 +141,7 @@ void EngineLoop::Run() {
       std::unique_lock<std::mutex> lock(mu_);
       // Idle: sleep until a command or a shutdown arrives. Busy (live requests): no wait.
       wake_.wait(lock, [&] {
-        return !commands_.empty() || stop_requested_ || engine_->HasUnfinished();
+        return !commands_.empty() || stop_requested_ || engine_->HasStepWork();
       });
       batch.swap(commands_);
       stop = stop_requested_;
@@ -125,10 +154,11 @@ void EngineLoop::Run() {
                    callbacks_.size());
       AbortAll();
     }
-    if (engine_->HasUnfinished()) {
+    if (engine_->HasStepWork()) {
       auto outputs = engine_->Step();
       if (outputs.ok()) {
         Deliver(*outputs);
+        HandOffKv();
       } else {
         FailAll(outputs.status());
       }
@@ -138,9 +168,20 @@ void EngineLoop::Run() {
       std::lock_guard<std::mutex> lock(mu_);
       // Submits were refused since stop_requested_ was set, so only Cancels can be left: moot.
       const bool submits_left =
-          std::any_of(commands_.begin(), commands_.end(),
-                      [](const Command& c) { return c.kind == Command::Kind::kSubmit; });
-      if (!submits_left) break;
+          std::any_of(commands_.begin(), commands_.end(), [](const Command& c) {
+            return c.kind == Command::Kind::kSubmit || c.kind == Command::Kind::kSubmitTransferred;
+          });
+      if (!submits_left) {
+        // Whoever waits on a verdict (a late CompleteTransfer) hears that the engine stopped.
+        exited_ = true;
+        for (Command& c : commands_) {
+          if (c.kind == Command::Kind::kCompleteTransfer) {
+            c.verdict.set_value(UnavailableError("the engine has stopped"));
+          }
+        }
+        commands_.clear();
+        break;
+      }
     }
   }
   shutdown_promise_.set_value(
@@ -153,21 +194,49 @@ void EngineLoop::Run() {
 
 void EngineLoop::RunCommand(Command& command) {
   switch (command.kind) {
-    case Command::Kind::kSubmit: {
+    case Command::Kind::kSubmit:
+    case Command::Kind::kSubmitTransferred: {
       std::string id = command.request.request_id;
-      Status status = Admit(std::move(command.request));
-      if (status.ok()) callbacks_.emplace(std::move(id), std::move(command.on_output));
+      Status status = Admit(std::move(command.request),
+                            command.kind == Command::Kind::kSubmitTransferred);
+      if (status.ok()) {
+        if (command.on_kv) kv_callbacks_.emplace(id, std::move(command.on_kv));
+        callbacks_.emplace(std::move(id), std::move(command.on_output));
+      }
+      command.verdict.set_value(std::move(status));
+      break;
+    }
+    case Command::Kind::kCompleteTransfer: {
+      const std::string id = command.handoff.request_id;
+      Status status = engine_->CompleteTransfer(command.handoff);
+      // A failed write ends the request (reservation freed); the sender hears why.
+      if (!status.ok()) (void)engine_->Abort(id, status);
       command.verdict.set_value(std::move(status));
       break;
     }
     case Command::Kind::kCancel:
       // False when the request already finished (its final output is out or on its way).
-      (void)engine_->Abort(command.request_id);
+      (void)engine_->Abort(command.request_id, command.error);
       break;
   }
 }
 
-Status EngineLoop::Admit(Request request) {
+void EngineLoop::HandOffKv() {
+  std::vector<RequestOutput> finals;
+  for (const std::string& id : engine_->TakeTransferReady()) {
+    auto kv = kv_callbacks_.find(id);
+    if (kv != kv_callbacks_.end()) {
+      kv->second(engine_->ReadKvForTransfer(id));
+      kv_callbacks_.erase(kv);
+    }
+    auto released = engine_->ReleaseTransferred(id);
+    TANDEM_CHECK(released.ok()) << released.status().ToString();
+    finals.push_back(std::move(released).value());
+  }
+  Deliver(finals);
+}
+
+Status EngineLoop::Admit(Request request, bool transferred) {
   if (config_.max_live_requests > 0 &&
       callbacks_.size() >= static_cast<size_t>(config_.max_live_requests)) {
     return ResourceExhaustedError(std::to_string(callbacks_.size()) +
@@ -175,7 +244,8 @@ Status EngineLoop::Admit(Request request) {
                                   "(max_live_requests); retry later");
   }
   const bool too_large = OnlyTooLargeForCache(request, info_);
-  Status status = engine_->AddRequest(std::move(request));
+  Status status = transferred ? engine_->AddTransferredRequest(std::move(request))
+                              : engine_->AddRequest(std::move(request));
   if (!status.ok() && too_large && status.code() == StatusCode::kInvalidArgument) {
     // The request is well-formed; it just can never fit this worker's KV cache.
     return ResourceExhaustedError(status.message());
@@ -188,8 +258,12 @@ void EngineLoop::Deliver(std::vector<RequestOutput>& outputs) {
     auto it = callbacks_.find(out.request_id);
     TANDEM_CHECK(it != callbacks_.end()) << "engine output for unknown request " << out.request_id;
     const bool finished = out.finished;
+    const std::string id = out.request_id;
     it->second(std::move(out));
-    if (finished) callbacks_.erase(it);
+    if (finished) {
+      callbacks_.erase(it);
+      kv_callbacks_.erase(id);
+    }
   }
 }
 

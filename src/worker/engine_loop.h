@@ -19,8 +19,13 @@
 // Callbacks run on the engine thread between steps: they must be quick and must not block or call
 // back into the EngineLoop synchronously (Submit/Shutdown would deadlock; Cancel/Stats are safe).
 //
-// Nothing here assumes the engine prefills and decodes: a prefill-only or decode-only worker of
-// the disaggregated deployment drives its engine through the same loop.
+// Disaggregation (Engine roles): on a prefill worker, a request submitted with a KvHandoffCallback
+// gets, after its output with the first token, the callback with its KV copied to host memory
+// (called on the engine thread, must not block), then a final output with FinishReason::kNone
+// ("handed off"); its blocks are freed before the next step. On a decode worker,
+// SubmitTransferred reserves the blocks for a request whose KV is on its way, CompleteTransfer
+// (from the transport's thread) writes it and starts decoding, FailTransfer ends it with an error
+// and frees the reservation.
 #pragma once
 
 #include <condition_variable>
@@ -42,6 +47,9 @@ namespace tandem {
 
 // Called on the engine thread with each output of one request. Must not block.
 using OutputCallback = std::function<void(RequestOutput)>;
+// Called on the engine thread with a prefill worker's KV of one request (or why it could not be
+// read). Must not block.
+using KvHandoffCallback = std::function<void(StatusOr<KvHandoff>)>;
 
 struct EngineLoopConfig {
   // Accepted requests not yet finished; Submit beyond it is ResourceExhausted. 0: unlimited.
@@ -62,6 +70,8 @@ struct EngineLoopInfo {
   int32_t block_size = 0;
   int32_t num_kv_blocks = 0;
   std::vector<int64_t> eos_token_ids;
+  EngineRole role = EngineRole::kColocated;
+  KvGeometry kv_geometry;
 };
 
 class EngineLoop {
@@ -78,7 +88,16 @@ class EngineLoop {
   // the request's outputs, ending with a final one. Errors (nothing is called): InvalidArgument
   // (bad ids or parameters), AlreadyExists (a live request has this id), ResourceExhausted (too
   // many live requests, or the request can never fit in the KV cache), Unavailable (shutting down).
-  Status Submit(Request request, OutputCallback on_output);
+  Status Submit(Request request, OutputCallback on_output, KvHandoffCallback on_kv = nullptr);
+
+  // Decode role. SubmitTransferred: as Submit, but the request's prompt KV comes from a prefill
+  // worker: blocks are reserved now (ResourceExhausted when they are not free) and the request
+  // waits for CompleteTransfer. CompleteTransfer waits for the engine thread's verdict; on an
+  // error the request ends with that error (reservation freed). FailTransfer ends a waiting
+  // request with `error` (reservation freed); unknown ids are ignored.
+  Status SubmitTransferred(Request request, OutputCallback on_output);
+  Status CompleteTransfer(KvHandoff handoff);
+  void FailTransfer(const std::string& request_id, Status error);
 
   // Aborts a live request, wherever it is; its KV blocks are freed before the engine's next step
   // and its callback gets a final kAbort output. Unknown or finished ids are ignored. Never blocks
@@ -98,17 +117,23 @@ class EngineLoop {
 
  private:
   struct Command {
-    enum class Kind { kSubmit, kCancel };
+    enum class Kind { kSubmit, kSubmitTransferred, kCompleteTransfer, kCancel };
     Kind kind = Kind::kSubmit;
-    Request request;                        // kSubmit
-    OutputCallback on_output;               // kSubmit
-    std::promise<Status> verdict;           // kSubmit
+    Request request;                        // kSubmit*
+    OutputCallback on_output;               // kSubmit*
+    KvHandoffCallback on_kv;                // kSubmit (prefill role), optional
+    std::promise<Status> verdict;           // kSubmit*, kCompleteTransfer
+    KvHandoff handoff;                      // kCompleteTransfer
     std::string request_id;                 // kCancel
+    Status error;                           // kCancel: not OK ends the request with this error
   };
+
+  Status Enqueue(Command command, bool wait);  // wait: returns the verdict
 
   void Run();                                // the engine thread
   void RunCommand(Command& command);
-  Status Admit(Request request);             // limits, then Engine::AddRequest
+  Status Admit(Request request, bool transferred);  // limits, then Engine::Add(Transferred)Request
+  void HandOffKv();                          // prefill role: read, hand over and release
   void Deliver(std::vector<RequestOutput>& outputs);
   void FailAll(const Status& status);        // the engine failed a step: abort every live request
   void AbortAll();
@@ -120,12 +145,14 @@ class EngineLoop {
   // Engine-thread state: touched only by the engine thread once it started.
   std::unique_ptr<Engine> engine_;
   std::unordered_map<std::string, OutputCallback> callbacks_;  // live requests, by id
+  std::unordered_map<std::string, KvHandoffCallback> kv_callbacks_;  // prefill role, by id
 
   mutable std::mutex mu_;
   std::condition_variable wake_;             // commands queued or shutdown requested
   std::deque<Command> commands_;             // GUARDED_BY(mu_)
   bool accepting_ = true;                    // GUARDED_BY(mu_)
   bool stop_requested_ = false;              // GUARDED_BY(mu_)
+  bool exited_ = false;                      // GUARDED_BY(mu_): the engine thread is gone
   Clock::time_point drain_deadline_;         // GUARDED_BY(mu_)
   EngineLoopStats stats_;                    // GUARDED_BY(mu_)
   std::shared_future<Status> shutdown_result_;  // GUARDED_BY(mu_), valid once Shutdown began

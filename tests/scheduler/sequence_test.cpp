@@ -30,7 +30,8 @@ constexpr S kAllStates[] = {S::kWaiting,    S::kPrefilling, S::kTransferringKv, 
 //   handed over); any state but finished -abort-> aborted. Terminal states go nowhere.
 const std::map<S, std::set<S>>& LegalEdges() {
   static const auto* edges = new std::map<S, std::set<S>>{
-      {S::kWaiting, {S::kPrefilling, S::kAborted}},
+      // waiting -> transferring_kv: a decode worker reserved blocks for KV a prefill worker sends.
+      {S::kWaiting, {S::kPrefilling, S::kTransferringKv, S::kAborted}},
       {S::kPrefilling,
        {S::kDecoding, S::kTransferringKv, S::kWaiting, S::kFinished, S::kAborted}},
       {S::kTransferringKv, {S::kDecoding, S::kWaiting, S::kFinished, S::kAborted}},
@@ -77,7 +78,7 @@ TEST(SequenceStateTest, IsLegalTransitionMatchesTheDiagram) {
       legal += expected;
     }
   }
-  EXPECT_EQ(legal, 18);
+  EXPECT_EQ(legal, 19);  // 18 + waiting -> transferring_kv (decode-side reservation)
 }
 
 TEST(SequenceStateTest, NoSelfTransitions) {

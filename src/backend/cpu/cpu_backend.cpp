@@ -166,4 +166,60 @@ Status CpuBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows, Te
   return OkStatus();
 }
 
+namespace {
+
+// Checks that every id names a block of every layer and that the layers share one geometry.
+Status CheckKvBlocks(std::span<const KvLayerView> layers, std::span<const int32_t> block_ids) {
+  if (layers.empty()) return InvalidArgumentError("KV block copy: no layers");
+  const size_t block_bytes = KvBlockBytes(layers[0]);
+  for (const KvLayerView& layer : layers) {
+    if (KvBlockBytes(layer) != block_bytes || layer.v.nbytes() != layer.k.nbytes()) {
+      return InvalidArgumentError("KV block copy: layers differ in geometry");
+    }
+    for (int32_t id : block_ids) {
+      if (id < 0 || id >= layer.k.dim(0)) {
+        return OutOfRangeError("KV block copy: block id " + std::to_string(id) + " outside [0, " +
+                               std::to_string(layer.k.dim(0)) + ")");
+      }
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status CpuBackend::GatherKvBlocks(std::span<const KvLayerView> layers,
+                                  std::span<const int32_t> block_ids, void* host) {
+  TANDEM_RETURN_IF_ERROR(CheckKvBlocks(layers, block_ids));
+  const size_t bb = KvBlockBytes(layers[0]);
+  auto* out = static_cast<std::byte*>(host);
+  for (const KvLayerView& layer : layers) {
+    for (const Tensor* t : {&layer.k, &layer.v}) {
+      const auto* base = static_cast<const std::byte*>(t->data);
+      for (int32_t id : block_ids) {
+        std::memcpy(out, base + static_cast<size_t>(id) * bb, bb);
+        out += bb;
+      }
+    }
+  }
+  return OkStatus();
+}
+
+Status CpuBackend::ScatterKvBlocks(const void* host, std::span<const int32_t> block_ids,
+                                   std::span<const KvLayerView> layers) {
+  TANDEM_RETURN_IF_ERROR(CheckKvBlocks(layers, block_ids));
+  const size_t bb = KvBlockBytes(layers[0]);
+  const auto* in = static_cast<const std::byte*>(host);
+  for (const KvLayerView& layer : layers) {
+    for (const Tensor* t : {&layer.k, &layer.v}) {
+      auto* base = static_cast<std::byte*>(t->data);
+      for (int32_t id : block_ids) {
+        std::memcpy(base + static_cast<size_t>(id) * bb, in, bb);
+        in += bb;
+      }
+    }
+  }
+  return OkStatus();
+}
+
 }  // namespace tandem

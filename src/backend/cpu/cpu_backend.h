@@ -41,6 +41,10 @@ class CpuBackend final : public Backend {
   Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
                    const AttentionMetadata& meta, Tensor out) override;
   Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override;
+  Status GatherKvBlocks(std::span<const KvLayerView> layers, std::span<const int32_t> block_ids,
+                        void* host) override;
+  Status ScatterKvBlocks(const void* host, std::span<const int32_t> block_ids,
+                         std::span<const KvLayerView> layers) override;
 
   ThreadPool& pool() { return *pool_; }
 

@@ -1,0 +1,78 @@
+#include "router/disagg_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace tandem {
+
+StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return NotFoundError("cannot read config file " + path.string());
+  std::stringstream text;
+  text << in.rdbuf();
+  YAML::Node root;
+  try {
+    root = YAML::Load(text.str());
+  } catch (const YAML::Exception& e) {
+    return InvalidArgumentError(path.string() + ": config is not valid YAML: " + e.what());
+  }
+  DisaggDeploymentConfig config;
+  if (root.IsMap() && root["deployment"]) {
+    config.disaggregated = root["deployment"].as<std::string>("") == "disaggregated";
+  }
+  YAML::Node section;
+  if (root.IsMap() && root["disaggregated"]) {
+    section = root["disaggregated"];
+    root.remove("disaggregated");
+  }
+  if (section && !config.disaggregated) {
+    return InvalidArgumentError(path.string() + ": the disaggregated section needs deployment: "
+                                "disaggregated");
+  }
+  if (config.disaggregated) root["deployment"] = "colocated";
+  if (section) {
+    if (!section.IsMap()) return InvalidArgumentError(path.string() + ": disaggregated must be a map");
+    DisaggSection& d = config.disagg;
+    const std::set<std::string> known = {"prefill_workers", "decode_workers", "worker_host",
+                                         "kv_transport", "kv_connect_timeout_ms", "kv_io_timeout_ms",
+                                         "worker_start_timeout_s"};
+    try {
+      for (const auto& kv : section) {
+        const std::string key = kv.first.as<std::string>();
+        if (known.count(key) == 0) {
+          return InvalidArgumentError(path.string() + ": unknown key disaggregated." + key);
+        }
+      }
+      if (section["prefill_workers"]) d.prefill_workers = section["prefill_workers"].as<int32_t>();
+      if (section["decode_workers"]) d.decode_workers = section["decode_workers"].as<int32_t>();
+      if (section["worker_host"]) d.worker_host = section["worker_host"].as<std::string>();
+      if (section["kv_transport"]) d.kv_transport = section["kv_transport"].as<std::string>();
+      if (section["kv_connect_timeout_ms"]) d.kv_connect_timeout_ms = section["kv_connect_timeout_ms"].as<int32_t>();
+      if (section["kv_io_timeout_ms"]) d.kv_io_timeout_ms = section["kv_io_timeout_ms"].as<int32_t>();
+      if (section["worker_start_timeout_s"]) d.worker_start_timeout_s = section["worker_start_timeout_s"].as<double>();
+    } catch (const YAML::Exception& e) {
+      return InvalidArgumentError(path.string() + ": disaggregated: " + e.what());
+    }
+    if (d.prefill_workers < 1 || d.decode_workers < 1) {
+      return InvalidArgumentError(path.string() + ": disaggregated needs >= 1 prefill and decode worker");
+    }
+    if (d.kv_transport != "tcp") {
+      return UnimplementedError(path.string() + ": disaggregated.kv_transport '" + d.kv_transport +
+                                "' is not implemented; use tcp");
+    }
+    if (d.kv_connect_timeout_ms < 1 || d.kv_io_timeout_ms < 1) {
+      return InvalidArgumentError(path.string() + ": KV transfer timeouts must be positive");
+    }
+  }
+  std::stringstream rest;
+  rest << root;
+  auto base = ParseDeploymentConfig(rest.str(), path.parent_path());
+  if (!base.ok()) return base.status().WithContext(path.string());
+  config.base = std::move(base).value();
+  return config;
+}
+
+}  // namespace tandem

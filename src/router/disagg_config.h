@@ -1,0 +1,47 @@
+// DisaggDeploymentConfig: a deployment config (common/config_yaml.h) plus the `disaggregated`
+// section that `tandem serve`, `tandem worker` and `tandem router` read from
+// configs/cpu-disagg.yaml:
+//
+//   deployment: disaggregated        # or colocated (then the section must be absent)
+//   disaggregated:
+//     prefill_workers: 1             # worker processes `tandem serve` starts
+//     decode_workers: 1
+//     worker_host: 127.0.0.1         # workers' gRPC and KV endpoints (ports picked at start)
+//     kv_transport: tcp              # tcp (CPU); nccl comes with the GPU path
+//     kv_connect_timeout_ms: 2000
+//     kv_io_timeout_ms: 5000         # longest wait for any KV read/write to progress
+//     worker_start_timeout_s: 120
+//
+// The rest of the file (model, engine, server) means what it means for colocated serving; server
+// is the router's public endpoint; every worker runs the engine section.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+
+#include "common/config_yaml.h"
+#include "tandem/status.h"
+
+namespace tandem {
+
+struct DisaggSection {
+  int32_t prefill_workers = 1;
+  int32_t decode_workers = 1;
+  std::string worker_host = "127.0.0.1";
+  std::string kv_transport = "tcp";
+  int32_t kv_connect_timeout_ms = 2000;
+  int32_t kv_io_timeout_ms = 5000;
+  double worker_start_timeout_s = 120;
+};
+
+struct DisaggDeploymentConfig {
+  DeploymentConfig base;       // base.deployment is "colocated" so base.Validate() applies
+  bool disaggregated = false;  // the file said deployment: disaggregated
+  DisaggSection disagg;
+};
+
+// InvalidArgument names the offending key; NotFound when the file cannot be read.
+StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesystem::path& path);
+
+}  // namespace tandem
