@@ -56,6 +56,7 @@ int Run(const RouterFlags& flags) {
   DisaggExecutorOptions options;
   options.prefill_workers = flags.prefill;
   options.decode_workers = flags.decode;
+  options.max_in_flight = base.server.max_live_requests;
   auto executor = DisaggExecutor::Create(options);
   if (!executor.ok()) {
     spdlog::error("router: {}", executor.status().ToString());

@@ -12,7 +12,11 @@
 // starts disaggregated.prefill_workers `tandem worker --role prefill`, as many decode workers and
 // one `tandem router` as child processes on this host (each reports its bound address through a
 // pipe), logs "listening on ADDR" with the router's address, and supervises them: a worker that
-// dies is logged (its requests fail UNAVAILABLE at the router), the router dying ends everything;
+// dies is logged (its requests fail UNAVAILABLE at the router) and, with
+// disaggregated.restart_workers, started again on the same address after restart_backoff_s
+// (doubled for each restart in a row, at most restart_backoff_max_s; logged "restarted ..."); the
+// router stops routing to it while it is down and takes it back once it answers. The router dying
+// ends everything;
 // SIGTERM/SIGINT stops the router first (it drains), then the workers, and exits 0. Children get
 // SIGTERM if this process dies (PR_SET_PDEATHSIG).
 #include <CLI/CLI.hpp>
@@ -24,6 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -80,6 +85,11 @@ struct Child {
   pid_t pid = -1;
   std::string address;
   bool exited = false;
+  // Supervision of workers (the router is never restarted).
+  std::vector<std::string> args;    // how it was started; a restart listens on `address` again
+  Clock::time_point started_at{};
+  Clock::time_point restart_at{};   // when exited: the next start attempt
+  double backoff_s = 0;             // the delay before the next restart
 };
 
 // Starts `tandem ARGS... --ready-fd N` and waits until it writes its address to the pipe.
@@ -110,7 +120,9 @@ StatusOr<Child> StartChild(const std::string& name, std::vector<std::string> arg
     _exit(127);
   }
   close(fds[1]);
-  Child child{name, pid, "", false};
+  Child child;
+  child.name = name;
+  child.pid = pid;
   std::string line;
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(timeout_s));
@@ -134,6 +146,7 @@ StatusOr<Child> StartChild(const std::string& name, std::vector<std::string> arg
   }
   close(fds[0]);
   child.address = line.substr(0, line.find('\n'));
+  child.started_at = Clock::now();
   return child;
 }
 
@@ -184,6 +197,7 @@ int RunDisaggregated(const ServeFlags& flags, const DisaggDeploymentConfig& conf
       args.insert(args.end(), common.begin(), common.end());
       const std::string name = role + " worker " + std::to_string(i);
       auto child = StartChild(name, args, config.disagg.worker_start_timeout_s);
+      if (child.ok()) child->args = args;
       if (!child.ok()) {
         spdlog::error("{}", child.status().ToString());
         stop_all();
@@ -216,10 +230,18 @@ int RunDisaggregated(const ServeFlags& flags, const DisaggDeploymentConfig& conf
   spdlog::info("listening on {} (router; tandem.v1.Generation, tandem.v1.Admin, health, reflection); "
                "SIGTERM or SIGINT stops", address);
 
+  const DisaggSection& d = config.disagg;
   for (;;) {
-    int signal_number = 0;
-    sigwait(&signals, &signal_number);
-    if (signal_number != SIGCHLD) {
+    // Wake for a signal or for the earliest restart that is due.
+    auto wake = Clock::now() + std::chrono::seconds(3600);
+    for (const Child& child : children) {
+      if (child.exited && !child.args.empty() && d.restart_workers) wake = std::min(wake, child.restart_at);
+    }
+    const auto wait_ms = std::max<int64_t>(
+        0, std::chrono::duration_cast<std::chrono::milliseconds>(wake - Clock::now()).count());
+    timespec timeout{static_cast<time_t>(wait_ms / 1000), static_cast<long>((wait_ms % 1000) * 1000000)};
+    const int signal_number = sigtimedwait(&signals, nullptr, &timeout);
+    if (signal_number == SIGTERM || signal_number == SIGINT) {
       spdlog::info("received {}; stopping the router, then the workers",
                    signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
       break;
@@ -229,14 +251,47 @@ int RunDisaggregated(const ServeFlags& flags, const DisaggDeploymentConfig& conf
       int status = 0;
       if (child.exited || waitpid(child.pid, &status, WNOHANG) != child.pid) continue;
       child.exited = true;
-      spdlog::error("{} (pid {}) exited ({} {}); its requests fail with UNAVAILABLE", child.name,
+      const bool restart = d.restart_workers && !child.args.empty();
+      if (restart) {
+        // A worker that ran a while starts over from the first delay.
+        const double ran_s = std::chrono::duration<double>(Clock::now() - child.started_at).count();
+        if (ran_s >= 60 || child.backoff_s == 0) child.backoff_s = d.restart_backoff_s;
+        child.restart_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                              std::chrono::duration<double>(child.backoff_s));
+      }
+      spdlog::error("{} (pid {}) exited ({} {}); its requests fail with UNAVAILABLE{}", child.name,
                     child.pid, WIFSIGNALED(status) ? "signal" : "status",
-                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
+                    restart ? fmt::format("; restarting it in {:.1f} s", child.backoff_s) : "");
       router_died = router_died || child.name == "router";
     }
     if (router_died) {
       stop_all();
       return 1;
+    }
+    for (Child& child : children) {
+      if (!child.exited || child.args.empty() || !d.restart_workers || Clock::now() < child.restart_at) {
+        continue;
+      }
+      // Same control address (the router's list stays valid); the KV receiver gets a new port,
+      // which each Decode reply names.
+      std::vector<std::string> args = child.args;
+      for (size_t i = 0; i + 1 < args.size(); ++i) {
+        if (args[i] == "--listen") args[i + 1] = child.address;
+      }
+      auto started = StartChild(child.name, args, d.worker_start_timeout_s);
+      child.backoff_s = std::min(child.backoff_s * 2, d.restart_backoff_max_s);
+      if (!started.ok()) {
+        child.restart_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                              std::chrono::duration<double>(child.backoff_s));
+        spdlog::error("restarting {} failed: {}; next try in {:.1f} s", child.name,
+                      started.status().ToString(), child.backoff_s);
+        continue;
+      }
+      child.pid = started->pid;
+      child.exited = false;
+      child.started_at = started->started_at;
+      spdlog::info("restarted {} (pid {}) on {}", child.name, child.pid, child.address);
     }
   }
   stop_all();

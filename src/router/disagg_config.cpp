@@ -38,7 +38,8 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
     DisaggSection& d = config.disagg;
     const std::set<std::string> known = {"prefill_workers", "decode_workers", "worker_host",
                                          "kv_transport", "kv_connect_timeout_ms", "kv_io_timeout_ms",
-                                         "worker_start_timeout_s"};
+                                         "worker_start_timeout_s", "restart_workers",
+                                         "restart_backoff_s", "restart_backoff_max_s"};
     try {
       for (const auto& kv : section) {
         const std::string key = kv.first.as<std::string>();
@@ -53,6 +54,9 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
       if (section["kv_connect_timeout_ms"]) d.kv_connect_timeout_ms = section["kv_connect_timeout_ms"].as<int32_t>();
       if (section["kv_io_timeout_ms"]) d.kv_io_timeout_ms = section["kv_io_timeout_ms"].as<int32_t>();
       if (section["worker_start_timeout_s"]) d.worker_start_timeout_s = section["worker_start_timeout_s"].as<double>();
+      if (section["restart_workers"]) d.restart_workers = section["restart_workers"].as<bool>();
+      if (section["restart_backoff_s"]) d.restart_backoff_s = section["restart_backoff_s"].as<double>();
+      if (section["restart_backoff_max_s"]) d.restart_backoff_max_s = section["restart_backoff_max_s"].as<double>();
     } catch (const YAML::Exception& e) {
       return InvalidArgumentError(path.string() + ": disaggregated: " + e.what());
     }
@@ -62,6 +66,10 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
     if (d.kv_transport != "tcp") {
       return UnimplementedError(path.string() + ": disaggregated.kv_transport '" + d.kv_transport +
                                 "' is not implemented; use tcp");
+    }
+    if (!(d.restart_backoff_s > 0) || !(d.restart_backoff_max_s >= d.restart_backoff_s)) {
+      return InvalidArgumentError(path.string() + ": disaggregated needs 0 < restart_backoff_s <= "
+                                  "restart_backoff_max_s");
     }
     if (d.kv_connect_timeout_ms < 1 || d.kv_io_timeout_ms < 1) {
       return InvalidArgumentError(path.string() + ": KV transfer timeouts must be positive");

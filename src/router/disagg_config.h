@@ -11,6 +11,9 @@
 //     kv_connect_timeout_ms: 2000
 //     kv_io_timeout_ms: 5000         # longest wait for any KV read/write to progress
 //     worker_start_timeout_s: 120
+//     restart_workers: true          # tandem serve restarts a worker that died, on its address,
+//     restart_backoff_s: 0.5         # after this delay, doubled for each restart in a row
+//     restart_backoff_max_s: 10      # up to this (a worker that ran 60 s resets the delay)
 //
 // The rest of the file (model, engine, server) means what it means for colocated serving; server
 // is the router's public endpoint; every worker runs the engine section.
@@ -33,6 +36,9 @@ struct DisaggSection {
   int32_t kv_connect_timeout_ms = 2000;
   int32_t kv_io_timeout_ms = 5000;
   double worker_start_timeout_s = 120;
+  bool restart_workers = true;
+  double restart_backoff_s = 0.5;
+  double restart_backoff_max_s = 10;
 };
 
 struct DisaggDeploymentConfig {

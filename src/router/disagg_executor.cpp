@@ -26,6 +26,11 @@ std::unique_ptr<v1::Worker::Stub> MakeStub(const std::string& address) {
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
 }
 
+// UNAVAILABLE (connection refused or closed) or DEADLINE_EXCEEDED (no answer): the worker is gone.
+bool IsWorkerGone(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
 // Reads what is left of a stream whose call was cancelled, then finishes it.
 void Drain(grpc::ClientReader<v1::WorkerOutput>& reader) {
   v1::WorkerOutput msg;
@@ -90,27 +95,75 @@ StatusOr<std::unique_ptr<DisaggExecutor>> DisaggExecutor::Create(DisaggExecutorO
 
 DisaggExecutor::~DisaggExecutor() { Shutdown(); }
 
-size_t DisaggExecutor::PickDecode() {
+void DisaggExecutor::MarkDown(Worker& worker, const std::string& role, const std::string& why) {
+  if (worker.up.exchange(false)) {
+    spdlog::warn("router: {} worker {} is down ({}); not routing to it until it answers", role,
+                 worker.address, why);
+  }
+}
+
+void DisaggExecutor::MarkUp(Worker& worker, const std::string& role) {
+  if (!worker.up.exchange(true)) {
+    spdlog::info("router: {} worker {} answers again; routing to it", role, worker.address);
+  }
+}
+
+size_t DisaggExecutor::PickDecode(const std::vector<bool>& skip) {
   // Most free (free + cached) KV blocks, from the latest stats; ties go round robin.
   std::lock_guard<std::mutex> lock(mu_);
-  size_t best = next_decode_++ % decode_.size();
+  const size_t start = next_decode_++ % decode_.size();
   auto free_blocks = [&](size_t i) {
     const auto& kv = decode_stats_[i].stats().kv_blocks();
     return kv.free() + kv.cached() - decode_[i]->in_flight.load();
   };
-  for (size_t i = 0; i < decode_.size(); ++i) {
-    if (free_blocks(i) > free_blocks(best)) best = i;
+  size_t best = SIZE_MAX;
+  for (size_t k = 0; k < decode_.size(); ++k) {
+    const size_t i = (start + k) % decode_.size();
+    if (skip[i] || !decode_[i]->up.load()) continue;
+    if (best == SIZE_MAX || free_blocks(i) > free_blocks(best)) best = i;
   }
   return best;
 }
 
-size_t DisaggExecutor::PickPrefill() {
+size_t DisaggExecutor::PickPrefill(const std::vector<bool>& skip) {
   // Fewest requests in flight (the router's own count: exact and current).
-  size_t best = 0;
-  for (size_t i = 1; i < prefill_.size(); ++i) {
-    if (prefill_[i]->in_flight.load() < prefill_[best]->in_flight.load()) best = i;
+  size_t best = SIZE_MAX;
+  for (size_t i = 0; i < prefill_.size(); ++i) {
+    if (skip[i] || !prefill_[i]->up.load()) continue;
+    if (best == SIZE_MAX || prefill_[i]->in_flight.load() < prefill_[best]->in_flight.load()) best = i;
   }
   return best;
+}
+
+Status DisaggExecutor::Admit(const Request& request, Flight& flight) {
+  Worker& decode = *decode_[flight.decode_index];
+  Worker& prefill = *prefill_[flight.prefill_index];
+  v1::WorkerRequest proto;
+  RequestToWorkerProto(request, &proto);
+  const std::string& id = request.request_id;
+
+  // 1. Reserve KV blocks on the decode worker.
+  flight.decode = decode.stub->Decode(&flight.decode_context, proto);
+  v1::WorkerOutput first;
+  if (!flight.decode->Read(&first) || !first.accepted()) {
+    grpc::Status s = flight.decode->Finish();
+    if (s.ok()) return InternalError("decode worker " + decode.address + " did not accept '" + id + "'");
+    if (IsWorkerGone(s.error_code())) MarkDown(decode, "decode", s.error_message());
+    return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
+  }
+  // 2. Admit the prefill, which pushes the KV to the reservation.
+  proto.set_kv_endpoint(first.kv_endpoint());
+  flight.prefill = prefill.stub->Prefill(&flight.prefill_context, proto);
+  v1::WorkerOutput admitted;
+  if (!flight.prefill->Read(&admitted) || !admitted.accepted()) {
+    grpc::Status s = flight.prefill->Finish();
+    flight.decode_context.TryCancel();
+    Drain(*flight.decode);
+    if (s.ok()) return InternalError("prefill worker " + prefill.address + " did not accept '" + id + "'");
+    if (IsWorkerGone(s.error_code())) MarkDown(prefill, "prefill", s.error_message());
+    return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
+  }
+  return OkStatus();
 }
 
 Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
@@ -121,38 +174,41 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
     if (flights_.count(request.request_id) != 0) {
       return AlreadyExistsError("request_id '" + request.request_id + "' is already in flight");
     }
+    if (static_cast<int64_t>(flights_.size()) >= options_.max_in_flight) {
+      return ResourceExhaustedError("the router has " + std::to_string(options_.max_in_flight) +
+                                    " requests in flight (server.max_live_requests); retry later");
+    }
     // Both workers sample from the same stream: the router fixes the seed.
     if (!request.sampling.seed) request.sampling.seed = seed_rng_();
   }
-  auto flight = std::make_shared<Flight>();
+  const std::string id = request.request_id;
+  // A worker found gone during admission is skipped and the next one tried (nothing was reserved
+  // on it); any other refusal is the answer.
+  std::vector<bool> skip_decode(decode_.size()), skip_prefill(prefill_.size());
+  std::shared_ptr<Flight> flight;
+  Status admitted = UnavailableError("no worker is up");
+  for (;;) {
+    const size_t d = PickDecode(skip_decode), p = PickPrefill(skip_prefill);
+    if (d == SIZE_MAX || p == SIZE_MAX) {
+      return UnavailableError(std::string("no ") + (d == SIZE_MAX ? "decode" : "prefill") +
+                              " worker is up (last error: " + admitted.message() + ")");
+    }
+    flight = std::make_shared<Flight>();
+    flight->decode_index = d;
+    flight->prefill_index = p;
+    admitted = Admit(request, *flight);
+    if (admitted.ok()) break;
+    if (!decode_[d]->up.load()) {
+      skip_decode[d] = true;
+    } else if (!prefill_[p]->up.load()) {
+      skip_prefill[p] = true;
+    } else {
+      return admitted;
+    }
+  }
   flight->on_output = std::move(on_output);
-  flight->decode_index = PickDecode();
-  flight->prefill_index = PickPrefill();
   Worker& decode = *decode_[flight->decode_index];
   Worker& prefill = *prefill_[flight->prefill_index];
-  v1::WorkerRequest proto;
-  RequestToWorkerProto(request, &proto);
-  const std::string id = request.request_id;
-
-  // 1. Reserve KV blocks on the decode worker.
-  flight->decode = decode.stub->Decode(&flight->decode_context, proto);
-  v1::WorkerOutput first;
-  if (!flight->decode->Read(&first) || !first.accepted()) {
-    grpc::Status s = flight->decode->Finish();
-    if (s.ok()) return InternalError("decode worker " + decode.address + " did not accept '" + id + "'");
-    return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
-  }
-  // 2. Admit the prefill, which pushes the KV to the reservation.
-  proto.set_kv_endpoint(first.kv_endpoint());
-  flight->prefill = prefill.stub->Prefill(&flight->prefill_context, proto);
-  v1::WorkerOutput admitted;
-  if (!flight->prefill->Read(&admitted) || !admitted.accepted()) {
-    grpc::Status s = flight->prefill->Finish();
-    flight->decode_context.TryCancel();
-    Drain(*flight->decode);
-    if (s.ok()) return InternalError("prefill worker " + prefill.address + " did not accept '" + id + "'");
-    return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
-  }
   request.prompt_token_ids.clear();
   request.prompt_token_ids.shrink_to_fit();
   flight->request = std::move(request);
@@ -278,16 +334,28 @@ EngineLoopStats DisaggExecutor::Stats() const {
 
 void DisaggExecutor::PollStats() {
   for (;;) {
-    for (const auto& [pool, stats] : {std::pair(&prefill_, &prefill_stats_), std::pair(&decode_, &decode_stats_)}) {
+    // The heartbeat: every worker's stats, all polls in parallel (a hung worker costs
+    // stats_timeout once, not once per worker).
+    std::vector<std::thread> polls;
+    for (const auto& [pool, stats, role] : {std::tuple(&prefill_, &prefill_stats_, "prefill"),
+                                            std::tuple(&decode_, &decode_stats_, "decode")}) {
       for (size_t i = 0; i < pool->size(); ++i) {
-        grpc::ClientContext context;
-        context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-        v1::WorkerStats response;
-        grpc::Status s = (*pool)[i]->stub->GetWorkerStats(&context, v1::WorkerStatsRequest(), &response);
-        std::lock_guard<std::mutex> lock(mu_);
-        if (s.ok()) (*stats)[i] = std::move(response);
+        polls.emplace_back([this, worker = (*pool)[i].get(), stats, i, role = std::string(role)] {
+          grpc::ClientContext context;
+          context.set_deadline(std::chrono::system_clock::now() + options_.stats_timeout);
+          v1::WorkerStats response;
+          grpc::Status s = worker->stub->GetWorkerStats(&context, v1::WorkerStatsRequest(), &response);
+          if (!s.ok()) {
+            if (IsWorkerGone(s.error_code())) MarkDown(*worker, role, s.error_message());
+            return;
+          }
+          MarkUp(*worker, role);
+          std::lock_guard<std::mutex> lock(mu_);
+          (*stats)[i] = std::move(response);
+        });
       }
     }
+    for (std::thread& t : polls) t.join();
     std::unique_lock<std::mutex> lock(mu_);
     if (changed_.wait_for(lock, options_.stats_interval, [this] { return stopping_; })) return;
   }

@@ -16,6 +16,13 @@
 //   A worker that dies ends its calls with UNAVAILABLE at once (its connection closes); the
 //   request's final output carries that status and the other worker's call is cancelled.
 //
+// Worker health: a worker is *down* once a GetWorkerStats poll (every stats_interval, deadline
+// stats_timeout) or an admission RPC fails with UNAVAILABLE or DEADLINE_EXCEEDED, and *up* again
+// as soon as a poll answers (a supervisor restarted it on the same address). Submit picks only
+// workers that are up; an admission that finds its worker gone marks it down and tries the next
+// one (nothing was reserved); with no worker of a pool up, Submit fails UNAVAILABLE.
+// Admission: past max_in_flight requests in flight Submit fails RESOURCE_EXHAUSTED.
+//
 // Threads: Submit runs on the caller's (gRPC) thread and blocks for the two admissions; each
 // admitted request then gets one thread that reads its two streams and calls on_output (which
 // must not block). A poller thread refreshes worker stats. Shutdown cancels everything and waits.
@@ -41,6 +48,8 @@ struct DisaggExecutorOptions {
   std::vector<std::string> prefill_workers;  // host:port of each worker's tandem.v1.Worker
   std::vector<std::string> decode_workers;
   std::chrono::milliseconds stats_interval{200};
+  std::chrono::milliseconds stats_timeout{1000};  // a poll slower than this marks the worker down
+  int32_t max_in_flight = 1024;                   // router-wide admission limit
   // How long Create waits for every worker to answer GetWorkerInfo.
   std::chrono::milliseconds connect_timeout{60000};
 };
@@ -67,14 +76,21 @@ class DisaggExecutor final : public Executor {
     std::string address;
     std::unique_ptr<v1::Worker::Stub> stub;
     std::atomic<int32_t> in_flight{0};
+    std::atomic<bool> up{true};  // see "Worker health" above
   };
   struct Flight;
 
   DisaggExecutor() = default;
   void Run(std::shared_ptr<Flight> flight);  // the request's thread
   void PollStats();                          // the poller thread
-  size_t PickDecode();
-  size_t PickPrefill();
+  // The best worker that is up and not in `skip`, or SIZE_MAX when there is none.
+  size_t PickDecode(const std::vector<bool>& skip);
+  size_t PickPrefill(const std::vector<bool>& skip);
+  // Logs a change of a worker's health.
+  static void MarkDown(Worker& worker, const std::string& role, const std::string& why);
+  static void MarkUp(Worker& worker, const std::string& role);
+  // One admission attempt on the given pair: Decode reservation, then Prefill.
+  Status Admit(const Request& request, Flight& flight);
 
   DisaggExecutorOptions options_;                    // Constant after Create
   v1::WorkerInfo info_;                              // Constant after Create
