@@ -57,6 +57,7 @@ struct RequestOutput {
   double queue_ms = 0;           // arrival -> first scheduled
   double ttft_ms = 0;            // arrival -> first token
   double tpot_ms = 0;            // mean time per output token after the first
+  double transfer_ms = 0;        // disaggregated: KV read + push until the decode side's ack
 };
 
 }  // namespace tandem

@@ -104,7 +104,7 @@ void FillCompletion(const RequestOutput& output, double e2e_ms, v1::Completion* 
   timings->set_prefill_ms(output.ttft_ms > 0 ? output.ttft_ms - output.queue_ms : 0.0);
   timings->set_tpot_ms(output.tpot_ms);
   timings->set_e2e_ms(e2e_ms);
-  timings->set_transfer_ms(0.0);  // colocated: no KV moves between workers
+  timings->set_transfer_ms(output.transfer_ms);  // 0 when colocated: no KV moves
 }
 
 void FillStats(const EngineLoopStats& stats, int32_t num_open_streams, v1::GetStatsResponse* out) {

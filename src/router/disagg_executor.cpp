@@ -230,6 +230,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   Worker& prefill = *prefill_[flight->prefill_index];
   Clock::time_point first_token_time{};
   double queue_ms = 0;
+  double transfer_ms = 0;
   auto deliver = [&](RequestOutput out) {
     if (!out.new_tokens.empty() && first_token_time == Clock::time_point{}) first_token_time = Clock::now();
     flight->on_output(std::move(out));
@@ -254,6 +255,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
     RequestOutput out = OutputFromWorkerProto(id, msg);
     queue_ms = msg.queue_ms();
     handed_off = msg.handed_off();
+    if (handed_off) transfer_ms = msg.transfer_ms();
     finished = msg.finished() && !handed_off;
     out.finished = finished;
     if (finished || !out.new_tokens.empty()) deliver(std::move(out));
@@ -276,6 +278,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
       got_final = out.finished;
       if (got_final) {
         out.queue_ms = queue_ms;
+        out.transfer_ms = transfer_ms;
         if (first_token_time != Clock::time_point{}) out.ttft_ms = MillisBetween(arrival, first_token_time);
       }
       if (got_final || !out.new_tokens.empty()) deliver(std::move(out));

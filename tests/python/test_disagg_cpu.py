@@ -146,6 +146,9 @@ def test_golden_prompts_through_prefill_and_decode_workers(model, llama, start_s
             assert completion.usage.completion_tokens == len(expected)
             t = completion.timings
             assert t.ttft_ms > 0 and t.e2e_ms >= t.ttft_ms
+            # The KV handoff is timed by the prefill worker (read + push until the decode ack).
+            if len(expected) > 1:
+                assert 0 < t.transfer_ms < t.e2e_ms
         stats = d.wait_pools_whole()
         # The work really was split: the decode worker never prefilled a prompt.
         assert stats["decode"].stats.kv_blocks.prefix_query_tokens == 0
