@@ -1,6 +1,9 @@
 #include "cli/model_loading.h"
 
+#include <pthread.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <csignal>
 #include <spdlog/spdlog.h>
 
 #include "backend/cpu/cpu_backend.h"
@@ -95,6 +98,30 @@ StatusOr<LoadedModel> LoadModel(const ModelFlags& flags) {
       loaded.engine,
       Engine::Create(engine_config, source.config, std::move(source.weights), std::move(backend)));
   return loaded;
+}
+
+ModelFlags ToModelFlags(const DeploymentConfig& config) {
+  ModelFlags flags;
+  flags.model = config.model.path;
+  flags.dummy_weights = config.model.dummy_weights;
+  flags.dummy_seed = config.model.dummy_seed;
+  flags.backend = config.model.backend;
+  flags.threads = config.model.threads;
+  flags.device = config.model.device;
+  flags.gpu_memory_utilization = config.model.gpu_memory_utilization;
+  flags.engine = config.engine;
+  flags.kv_cache_gib = config.kv_cache_gib;
+  return flags;
+}
+
+sigset_t BlockTerminationSignals(int extra) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  if (extra != 0) sigaddset(&signals, extra);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
 }
 
 void ConfigureLogging(const std::string& level) {

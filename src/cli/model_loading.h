@@ -4,10 +4,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "common/config_yaml.h"
 #include "tandem/status.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -39,6 +41,13 @@ StatusOr<LoadedModel> LoadModel(const ModelFlags& flags);
 
 // The tokenizer of a model directory, a tokenizer-only directory, or a GGUF file's metadata.
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& path);
+
+// The model and engine settings of a deployment config, as flags for LoadModel.
+ModelFlags ToModelFlags(const DeploymentConfig& config);
+
+// Blocks SIGTERM and SIGINT (plus `extra`, e.g. SIGCHLD) in this thread and the threads it starts,
+// and returns that set, for sigwait/sigtimedwait.
+sigset_t BlockTerminationSignals(int extra = 0);
 
 // Sets the process-wide logger to stderr (stdout carries results), at `level`.
 void ConfigureLogging(const std::string& level);

@@ -35,11 +35,7 @@ struct RouterFlags {
 };
 
 int Run(const RouterFlags& flags) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockTerminationSignals();
 
   auto config = LoadDisaggDeploymentConfig(flags.config);
   if (!config.ok()) {

@@ -55,20 +55,6 @@ struct ServeFlags {
   std::string log_level; // overrides log_level
 };
 
-ModelFlags ToModelFlags(const DeploymentConfig& config) {
-  ModelFlags flags;
-  flags.model = config.model.path;
-  flags.dummy_weights = config.model.dummy_weights;
-  flags.dummy_seed = config.model.dummy_seed;
-  flags.backend = config.model.backend;
-  flags.threads = config.model.threads;
-  flags.device = config.model.device;
-  flags.gpu_memory_utilization = config.model.gpu_memory_utilization;
-  flags.engine = config.engine;
-  flags.kv_cache_gib = config.kv_cache_gib;
-  return flags;
-}
-
 std::string DefaultModelName(const std::string& path) {
   std::filesystem::path p = std::filesystem::path(path).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();
@@ -170,12 +156,7 @@ void StopChild(Child& child, double grace_s) {
 }
 
 int RunDisaggregated(const ServeFlags& flags, const DisaggDeploymentConfig& config) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGCHLD);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockTerminationSignals(SIGCHLD);
   ConfigureLogging(flags.log_level.empty() ? config.base.log_level : flags.log_level);
   spdlog::info("tandem serve: disaggregated deployment from {}: {} prefill + {} decode workers",
                flags.config, config.disagg.prefill_workers, config.disagg.decode_workers);
@@ -304,11 +285,7 @@ int Run(const ServeFlags& flags) {
     return RunDisaggregated(flags, *disagg);
   }
   // Every thread started from here on inherits this mask; main() takes the signals with sigwait.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockTerminationSignals();
 
   auto config = LoadDeploymentConfig(flags.config);
   if (!config.ok()) {

@@ -35,11 +35,7 @@ struct WorkerFlags {
 };
 
 int Run(const WorkerFlags& flags) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t signals = BlockTerminationSignals();
 
   auto role = ParseEngineRole(flags.role);
   if (!role.ok() || *role == EngineRole::kColocated) {
@@ -62,16 +58,7 @@ int Run(const WorkerFlags& flags) {
   base.engine.role = *role;
   const std::string role_name(EngineRoleName(*role));
 
-  ModelFlags model_flags;
-  model_flags.model = base.model.path;
-  model_flags.dummy_weights = base.model.dummy_weights;
-  model_flags.dummy_seed = base.model.dummy_seed;
-  model_flags.backend = base.model.backend;
-  model_flags.threads = base.model.threads;
-  model_flags.device = base.model.device;
-  model_flags.gpu_memory_utilization = base.model.gpu_memory_utilization;
-  model_flags.engine = base.engine;
-  model_flags.kv_cache_gib = base.kv_cache_gib;
+  ModelFlags model_flags = ToModelFlags(base);
   auto loaded = LoadModel(model_flags);
   if (!loaded.ok()) {
     spdlog::error("{} worker: cannot load the model: {}", role_name, loaded.status().ToString());
