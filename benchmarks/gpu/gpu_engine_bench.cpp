@@ -10,7 +10,10 @@
 // time per step (CLOCK_THREAD_CPUTIME_ID around Engine::Step, with blocking sync so waiting for the
 // GPU is not counted as CPU time).
 //
-//   gpu_engine_bench [--config FILE] [--quick]
+//   gpu_engine_bench [--config FILE] [--quick] [--host-sampling]
+// --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
+// every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
+// the device-sampling change, measured on the same machine.
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
 #include <cuda_runtime_api.h>
 #include <spdlog/spdlog.h>
@@ -302,7 +305,53 @@ Request MakeRequest(int id, int len, int max_tokens, int64_t vocab) {
   return r;
 }
 
-Status Run(const std::filesystem::path& config_path, bool quick) {
+// Forwards every op to a CudaBackend but keeps Backend::SampleRows' host default.
+class HostSamplingBackend final : public Backend {
+ public:
+  explicit HostSamplingBackend(std::unique_ptr<CudaBackend> inner) : inner_(std::move(inner)) {}
+  std::string_view name() const override { return inner_->name(); }
+  DType activation_dtype() const override { return inner_->activation_dtype(); }
+  DType kv_cache_dtype() const override { return inner_->kv_cache_dtype(); }
+  Status CheckSupported(const AttentionParams& p) const override { return inner_->CheckSupported(p); }
+  StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) override { return inner_->Allocate(bytes); }
+  StatusOr<Tensor> UploadWeight(const HostTensor& host, std::unique_ptr<DeviceBuffer>* storage) override {
+    return inner_->UploadWeight(host, storage);
+  }
+  Status CopyToDevice(const void* src, Tensor dst) override { return inner_->CopyToDevice(src, dst); }
+  Status CopyToHost(const Tensor& src, void* dst) override { return inner_->CopyToHost(src, dst); }
+  Status Copy(const Tensor& src, Tensor dst) override { return inner_->Copy(src, dst); }
+  Status Synchronize() override { return inner_->Synchronize(); }
+  std::optional<int64_t> KvCacheBudgetBytes() const override { return inner_->KvCacheBudgetBytes(); }
+  Status Embedding(std::span<const int32_t> ids, const Tensor& table, Tensor out) override {
+    return inner_->Embedding(ids, table, out);
+  }
+  Status RmsNorm(const Tensor& x, Tensor residual, const Tensor& weight, float eps, Tensor out) override {
+    return inner_->RmsNorm(x, residual, weight, eps, out);
+  }
+  Status Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override {
+    return inner_->Linear(x, weight, bias, out);
+  }
+  Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) override {
+    return inner_->SiluMul(gate, up, out);
+  }
+  Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+                        const AttentionParams& params, const AttentionMetadata& meta,
+                        KvLayerView cache) override {
+    return inner_->RopeAndWriteKv(q, k, v, rope, params, meta, cache);
+  }
+  Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
+                   const AttentionMetadata& meta, Tensor out) override {
+    return inner_->Attention(q, cache, params, meta, out);
+  }
+  Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override {
+    return inner_->GatherRows(x, rows, out);
+  }
+
+ private:
+  std::unique_ptr<CudaBackend> inner_;
+};
+
+Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling) {
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -333,7 +382,13 @@ Status Run(const std::filesystem::path& config_path, bool quick) {
   ec.max_model_len = 8192 + 256;
   ec.enable_prefix_caching = false;
   ec.num_kv_blocks = max_batch * ((ctx + decode_tokens + 15) / 16) + 8;
-  auto engine_or = Engine::Create(ec, config, std::move(source.weights), std::move(owned));
+  std::unique_ptr<Backend> engine_backend;
+  if (host_sampling) {
+    engine_backend = std::make_unique<HostSamplingBackend>(std::move(owned));
+  } else {
+    engine_backend = std::move(owned);
+  }
+  auto engine_or = Engine::Create(ec, config, std::move(source.weights), std::move(engine_backend));
   if (!engine_or.ok()) return engine_or.status();
   Engine& e = **engine_or;
   const double t_load = WallNow();
@@ -385,8 +440,9 @@ Status Run(const std::filesystem::path& config_path, bool quick) {
   const double t_end = WallNow();
 
   const double weight_bytes = static_cast<double>(WeightBytes(config));
-  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16 (%s, %d SMs, %.1f GiB)\n\n",
-              config_path.filename().c_str(), prop.name, prop.multiProcessorCount,
+  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling (%s, %d SMs, %.1f GiB)\n\n",
+              config_path.filename().c_str(), host_sampling ? "host" : "device", prop.name,
+              prop.multiProcessorCount,
               static_cast<double>(prop.totalGlobalMem) / (1 << 30));
   std::printf("wall: micro-benchmarks %.0f s, engine load %.0f s, engine phases %.0f s\n\n",
               t_micro - t_start, t_load - t_micro, t_end - t_load);
@@ -440,19 +496,22 @@ Status Run(const std::filesystem::path& config_path, bool quick) {
 int main(int argc, char** argv) {
   std::filesystem::path config = std::filesystem::path(TANDEM_SOURCE_ROOT) / "configs" / "models" / "llama-3.1-8b.json";
   bool quick = false;
+  bool host_sampling = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
       config = argv[++i];
     } else if (a == "--quick") {
       quick = true;
+    } else if (a == "--host-sampling") {
+      host_sampling = true;
     } else {
-      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick]\n");
+      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling]\n");
       return 2;
     }
   }
   spdlog::set_level(spdlog::level::warn);
-  const tandem::Status s = tandem::Run(config, quick);
+  const tandem::Status s = tandem::Run(config, quick, host_sampling);
   if (!s.ok()) {
     std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
     return 1;

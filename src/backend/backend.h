@@ -13,9 +13,11 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "backend/tensor.h"
 #include "model/host_tensor.h"
+#include "sampling/sampler.h"
 #include "tandem/status.h"
 
 namespace tandem {
@@ -121,6 +123,16 @@ class Backend {
   // out[R, H] = x[rows[r], :]. rows in host memory.
   virtual Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) = 0;
 
+  // --- sampling -----------------------------------------------------------------------------------
+  // One token per row of `logits` (f32 [R, V] on this backend) for inputs[r], with the semantics of
+  // SampleToken (sampling/sampler.h), into outputs[r] (token, logprob, top logprobs as asked).
+  // `logits` may be modified (the penalties are applied in place, like SampleToken does).
+  // Synchronous with respect to the host: only the results come back.
+  // Default: copies the rows to the host and runs SampleToken on each, in order (the reference; the
+  // CPU backend uses it, so its results are those of SampleToken bit for bit).
+  virtual Status SampleRows(const Tensor& logits, std::span<const SampleInput> inputs,
+                            std::span<SampleOutput> outputs);
+
   // --- KV block transfer (disaggregated prefill/decode) ---------------------------------------------
   // One block of one layer's K (or V) is contiguous in the cache ([num_kv_heads, block_size,
   // head_dim]); the host buffer holds, layer by layer, K of every listed block then V of every
@@ -137,6 +149,16 @@ class Backend {
                                  std::span<const KvLayerView> layers) {
     return UnimplementedError(std::string(name()) + " backend: ScatterKvBlocks is not implemented");
   }
+
+ protected:
+  // Rows [begin, end) of `logits` through the host reference (the default SampleRows).
+  Status SampleRowsOnHost(const Tensor& logits, size_t begin, size_t end,
+                          std::span<const SampleInput> inputs, std::span<SampleOutput> outputs);
+
+ private:
+  // Host staging of the default SampleRows, reused between steps (engine thread only).
+  std::vector<float> host_logits_;
+  SamplerScratch host_sampler_scratch_;
 };
 
 // Bytes one block of one layer's K (or V) takes: num_kv_heads * block_size * head_dim * dtype size.

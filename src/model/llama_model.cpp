@@ -169,6 +169,13 @@ Status LlamaModel::ReserveWorkspace(int64_t max_tokens, int64_t max_rows) {
 
 Status LlamaModel::Forward(const ModelInput& input, const KvCache& cache,
                            std::vector<float>* logits) {
+  TANDEM_ASSIGN_OR_RETURN(Tensor out, ForwardToBackend(input, cache));
+  logits->resize(static_cast<size_t>(out.dim(0) * config_.vocab_size));
+  if (out.dim(0) == 0) return OkStatus();
+  return backend_.CopyToHost(out, logits->data());
+}
+
+StatusOr<Tensor> LlamaModel::ForwardToBackend(const ModelInput& input, const KvCache& cache) {
   const int64_t num_tokens = static_cast<int64_t>(input.token_ids.size());
   const int64_t num_rows = static_cast<int64_t>(input.logits_rows.size());
   TANDEM_CHECK_EQ(num_tokens, input.attention.num_tokens);
@@ -215,8 +222,7 @@ Status LlamaModel::Forward(const ModelInput& input, const KvCache& cache,
     TANDEM_RETURN_IF_ERROR(backend_.SiluMul(gate, up, mlp_act));
     TANDEM_RETURN_IF_ERROR(backend_.Linear(mlp_act, w.down, w.down_bias, x));
   }
-  logits->resize(static_cast<size_t>(num_rows * config_.vocab_size));
-  if (num_rows == 0) return OkStatus();
+  if (num_rows == 0) return Tensor(nullptr, DType::kF32, {0, config_.vocab_size});
   // Only the rows that need logits go through the final norm and the LM head.
   TANDEM_ASSIGN_OR_RETURN(Tensor rows_x, Scratch(kRows, act, {num_rows, hidden}));
   TANDEM_ASSIGN_OR_RETURN(Tensor rows_res, Scratch(kNormed, act, {num_rows, hidden}));
@@ -226,7 +232,7 @@ Status LlamaModel::Forward(const ModelInput& input, const KvCache& cache,
   TANDEM_RETURN_IF_ERROR(backend_.RmsNorm(rows_x, rows_res, final_norm_, eps, rows_normed));
   TANDEM_ASSIGN_OR_RETURN(Tensor out, Scratch(kLogits, DType::kF32, {num_rows, config_.vocab_size}));
   TANDEM_RETURN_IF_ERROR(backend_.Linear(rows_normed, lm_head_, Tensor(), out));
-  return backend_.CopyToHost(out, logits->data());
+  return out;
 }
 
 }  // namespace tandem

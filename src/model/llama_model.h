@@ -45,6 +45,10 @@ class LlamaModel {
 
   // logits: resized to [logits_rows.size(), vocab_size], row-major.
   Status Forward(const ModelInput& input, const KvCache& cache, std::vector<float>* logits);
+  // The same, leaving the logits on the backend: f32 [logits_rows.size(), vocab_size] in the
+  // model's workspace, valid until the next forward (the engine samples from it with
+  // Backend::SampleRows, so only token ids come back to the host). Data is null when no row samples.
+  StatusOr<Tensor> ForwardToBackend(const ModelInput& input, const KvCache& cache);
 
  private:
   struct LayerWeights {

@@ -394,7 +394,25 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
   meta.max_query_len = max_query_len;
   meta.max_context_len = max_context_len;
 
-  Status forward = model_->Forward(input, *kv_cache_, &logits_);
+  // Forward, then sample on the backend: only token ids (and asked-for logprobs) come back.
+  Status forward = [&]() -> Status {
+    TANDEM_ASSIGN_OR_RETURN(Tensor logits, model_->ForwardToBackend(input, *kv_cache_));
+    sample_inputs_.clear();
+    for (const auto& s : plan.scheduled) {
+      if (!s.samples) continue;
+      const Sequence& seq = *s.seq;
+      SampleInput in;
+      in.params = &seq.sampling();
+      in.seed = seq.seed();
+      in.step = static_cast<uint64_t>(seq.num_output_tokens());
+      in.prompt_tokens = seq.prompt_tokens();
+      in.output_tokens = seq.output_tokens();
+      sample_inputs_.push_back(in);
+    }
+    sample_outputs_.resize(sample_inputs_.size());
+    if (sample_inputs_.empty()) return OkStatus();
+    return backend_->SampleRows(logits, sample_inputs_, sample_outputs_);
+  }();
   if (!forward.ok()) {
     // The step failed as a whole: every request in it ends with the error; the engine goes on.
     spdlog::error("engine step failed: {}", forward.ToString());
@@ -409,8 +427,7 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
     return outputs;
   }
 
-  // Sample, advance, check stops.
-  const int64_t vocab = model_->config().vocab_size;
+  // Advance, check stops.
   size_t row = 0;
   const Clock::time_point now = Clock::now();
   std::vector<Sequence*> finished;
@@ -419,15 +436,7 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
     seq.num_computed_tokens += s.num_tokens;
     blocks_->CommitComputed(seq.id(), seq.tokens(), seq.num_computed_tokens);
     if (!s.samples) continue;
-    std::span<float> row_logits(logits_.data() + row * vocab, static_cast<size_t>(vocab));
-    ++row;
-    SampleInput in;
-    in.params = &seq.sampling();
-    in.seed = seq.seed();
-    in.step = static_cast<uint64_t>(seq.num_output_tokens());
-    in.prompt_tokens = seq.prompt_tokens();
-    in.output_tokens = seq.output_tokens();
-    SampleOutput sampled = SampleToken(row_logits, in, &sample_scratch_);
+    SampleOutput& sampled = sample_outputs_[row++];
     seq.AppendToken(sampled.token);
     TokenOutput tok;
     tok.token = sampled.token;

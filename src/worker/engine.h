@@ -161,8 +161,8 @@ class Engine {
   std::vector<int32_t> token_ids_, positions_, query_start_, context_lens_, block_tables_,
       logits_rows_;
   std::vector<int64_t> slot_mapping_;
-  std::vector<float> logits_;
-  SamplerScratch sample_scratch_;
+  std::vector<SampleInput> sample_inputs_;    // one per sampled row, in batch order
+  std::vector<SampleOutput> sample_outputs_;
 };
 
 }  // namespace tandem

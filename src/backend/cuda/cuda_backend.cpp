@@ -1,6 +1,7 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include <spdlog/spdlog.h>
@@ -13,6 +14,7 @@
 #include "kernels/paged_attention.cuh"
 #include "kernels/paged_decode_attention.cuh"
 #include "kernels/rms_norm.cuh"
+#include "kernels/sample_rows.cuh"
 #include "kernels/rope_write_kv.cuh"
 #include "kernels/silu_mul.cuh"
 #include "kernels/small_m_gemv.cuh"
@@ -94,6 +96,7 @@ Status CudaBackend::Init() {
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes));
   TANDEM_RETURN_IF_ERROR(ids_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(rows_upload_.Init(stream_));
+  TANDEM_RETURN_IF_ERROR(sample_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(attention_metadata_.Init(stream_));
   spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB)", device_, prop.name,
                prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30));
@@ -106,6 +109,7 @@ CudaBackend::~CudaBackend() {
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) (void)cudaFree(cublas_workspace_);
   if (attention_partial_ != nullptr) (void)cudaFree(attention_partial_);
+  if (sample_device_ != nullptr) (void)cudaFree(sample_device_);
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
 }
 
@@ -465,6 +469,123 @@ Status CudaBackend::GatherRows(const Tensor& x, std::span<const int32_t> rows, T
   p.num_rows = static_cast<int32_t>(rows.size());
   p.row_bytes = static_cast<int64_t>(x.nbytes() / static_cast<size_t>(x.dim(0)));
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchGatherRows(p, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::SampleRows(const Tensor& logits, std::span<const SampleInput> inputs,
+                               std::span<SampleOutput> outputs) {
+  TANDEM_CHECK_EQ(inputs.size(), outputs.size());
+  TANDEM_CHECK(logits.dtype == DType::kF32 && logits.ndim == 2) << "logits must be f32 [R, V]";
+  TANDEM_CHECK_EQ(static_cast<size_t>(logits.dim(0)), inputs.size());
+  if (inputs.empty()) return OkStatus();
+  for (const SampleInput& in : inputs) {
+    TANDEM_CHECK(in.params != nullptr) << "SampleInput.params is required";
+    if (in.params->logprobs > kernels::kMaxDeviceTopLogprobs) {
+      return Backend::SampleRows(logits, inputs, outputs);
+    }
+  }
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  const int32_t num_rows = static_cast<int32_t>(inputs.size());
+  const int32_t vocab = static_cast<int32_t>(logits.dim(1));
+
+  // Host side: the row's Philox uniform (the same function as SampleToken's draw) and the unique
+  // penalized tokens with their output counts (SampleToken's
+  // ApplyPenalties bookkeeping), staged as [rows][entries].
+  std::vector<kernels::SampleRowInput> rows(inputs.size());
+  std::vector<kernels::PenaltyEntry> entries;
+  if (sample_marks_.size() != static_cast<size_t>(vocab)) sample_marks_.assign(static_cast<size_t>(vocab), 0);
+  bool any_top = false;
+  for (size_t r = 0; r < inputs.size(); ++r) {
+    const SamplingParams& sp = *inputs[r].params;
+    kernels::SampleRowInput& row = rows[r];
+    row.temperature = sp.temperature;
+    row.top_k = sp.top_k;
+    row.top_p = sp.top_p;
+    row.min_p = sp.min_p;
+    row.uniform = sp.temperature == 0.0f ? 0.0f : PhiloxUniform(inputs[r].seed, inputs[r].step);
+    row.repetition_penalty = sp.repetition_penalty;
+    row.presence_penalty = sp.presence_penalty;
+    row.frequency_penalty = sp.frequency_penalty;
+    row.num_logprobs = sp.logprobs < 0 ? -1 : sp.logprobs;
+    any_top = any_top || sp.logprobs > 0;
+    row.penalty_begin = static_cast<int32_t>(entries.size());
+    const bool repetition = sp.repetition_penalty != 1.0f;
+    const bool additive = sp.presence_penalty != 0.0f || sp.frequency_penalty != 0.0f;
+    if (repetition || additive) {
+      sample_touched_.clear();
+      auto mark = [&](TokenId id, int32_t add) {
+        TANDEM_CHECK(id >= 0 && id < vocab) << "token id " << id << " outside the vocabulary of "
+                                            << vocab << " (ids must be validated at admission)";
+        if (sample_marks_[id] == 0) sample_touched_.push_back(id);
+        sample_marks_[id] = (sample_marks_[id] | 1) + add;
+      };
+      if (repetition) {
+        for (TokenId id : inputs[r].prompt_tokens) mark(id, 0);
+      }
+      for (TokenId id : inputs[r].output_tokens) mark(id, 2);
+      for (TokenId id : sample_touched_) {
+        entries.push_back({id, sample_marks_[id] >> 1});
+        sample_marks_[id] = 0;
+      }
+    }
+    row.penalty_end = static_cast<int32_t>(entries.size());
+  }
+
+  const size_t rows_bytes = rows.size() * sizeof(kernels::SampleRowInput);
+  const size_t entries_bytes = entries.size() * sizeof(kernels::PenaltyEntry);
+  TANDEM_ASSIGN_OR_RETURN(std::byte* staged, sample_upload_.BeginWrite(rows_bytes + entries_bytes));
+  std::memcpy(staged, rows.data(), rows_bytes);
+  if (entries_bytes > 0) std::memcpy(staged + rows_bytes, entries.data(), entries_bytes);
+  TANDEM_RETURN_IF_ERROR(sample_upload_.Commit(rows_bytes + entries_bytes));
+
+  // Device results: [tokens R][logprobs R][top tokens R x N][top logprobs R x N][raw E].
+  const size_t n = static_cast<size_t>(num_rows);
+  const size_t top = n * kernels::kMaxDeviceTopLogprobs;
+  const size_t result_bytes = n * 8 + (any_top ? top * 8 : 0);
+  const size_t device_bytes = n * 8 + top * 8 + entries.size() * sizeof(float);
+  if (device_bytes > sample_device_bytes_) {
+    // Grow-only; kernels enqueued earlier may still use the old buffer.
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    if (sample_device_ != nullptr) TANDEM_CUDA_RETURN_IF_ERROR(cudaFree(sample_device_));
+    sample_device_ = nullptr;
+    sample_device_bytes_ = 0;
+    const size_t grown = device_bytes + device_bytes / 2;
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&sample_device_), grown));
+    sample_device_bytes_ = grown;
+  }
+  kernels::SampleRowsParams p;
+  p.logits = logits.as<float>();
+  p.num_rows = num_rows;
+  p.vocab = vocab;
+  p.rows = static_cast<const kernels::SampleRowInput*>(sample_upload_.device());
+  p.penalties = reinterpret_cast<const kernels::PenaltyEntry*>(
+      static_cast<const std::byte*>(sample_upload_.device()) + rows_bytes);
+  p.out_token = reinterpret_cast<int32_t*>(sample_device_);
+  p.out_logprob = reinterpret_cast<float*>(sample_device_ + n * 4);
+  p.out_top_token = reinterpret_cast<int32_t*>(sample_device_ + n * 8);
+  p.out_top_logprob = reinterpret_cast<float*>(sample_device_ + n * 8 + top * 4);
+  p.penalty_raw = reinterpret_cast<float*>(sample_device_ + n * 8 + top * 8);
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSampleRows(p, stream_));
+  sample_results_.resize(result_bytes);
+  TANDEM_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(sample_results_.data(), sample_device_, result_bytes, cudaMemcpyDeviceToHost, stream_));
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+
+  const auto* tokens = reinterpret_cast<const int32_t*>(sample_results_.data());
+  const auto* logprobs = reinterpret_cast<const float*>(sample_results_.data() + n * 4);
+  const auto* top_tokens = reinterpret_cast<const int32_t*>(sample_results_.data() + n * 8);
+  const auto* top_logprobs = reinterpret_cast<const float*>(sample_results_.data() + n * 8 + top * 4);
+  for (size_t r = 0; r < n; ++r) {
+    SampleOutput& out = outputs[r];
+    out.token = tokens[r];
+    out.logprob = rows[r].num_logprobs >= 0 ? logprobs[r] : 0.0f;
+    out.top_logprobs.clear();
+    const int32_t count = std::min(rows[r].num_logprobs, vocab);
+    for (int32_t j = 0; j < count; ++j) {
+      const size_t o = r * kernels::kMaxDeviceTopLogprobs + static_cast<size_t>(j);
+      out.top_logprobs.push_back({top_tokens[o], top_logprobs[o]});
+    }
+  }
   return OkStatus();
 }
 

@@ -62,6 +62,12 @@ class CudaBackend final : public Backend {
   Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
                    const AttentionMetadata& meta, Tensor out) override;
   Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override;
+  // On the device (kernels/sample_rows.cuh): penalties, greedy or temperature/top-k/top-p/min-p
+  // and the Philox draw, logprobs; only ids and logprobs are copied back. A batch with a row asking
+  // for more than kernels::kMaxDeviceTopLogprobs top logprobs goes through the host reference
+  // (Backend::SampleRows) as a whole.
+  Status SampleRows(const Tensor& logits, std::span<const SampleInput> inputs,
+                    std::span<SampleOutput> outputs) override;
 
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
@@ -89,6 +95,15 @@ class CudaBackend final : public Backend {
   // Split-KV decode attention partial results: grow-only device workspace.
   float* attention_partial_ = nullptr;
   size_t attention_partial_floats_ = 0;
+  // SampleRows: per-row inputs + penalty entries (one upload), a grow-only device result/scratch
+  // buffer, and host buffers reused between steps.
+  PinnedUpload sample_upload_;
+  std::byte* sample_device_ = nullptr;
+  size_t sample_device_bytes_ = 0;
+  std::vector<std::byte> sample_staging_;
+  std::vector<std::byte> sample_results_;
+  std::vector<int32_t> sample_marks_;  // vocab-sized, all zero between calls
+  std::vector<int32_t> sample_touched_;
 };
 
 }  // namespace tandem
