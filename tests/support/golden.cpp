@@ -55,64 +55,57 @@ int Goldens::NumPrompts() const {
   return n;
 }
 
-GoldenTensor<int64_t> Goldens::Int64(std::string_view name) const {
-  GoldenTensor<int64_t> out;
-  if (!file_) return out;
-  const SafetensorsTensorInfo* info = file_->Find(name);
+// Reads tensor `name` element by element through `load(dtype, data, i, &value)`, which returns
+// false for a dtype of the wrong kind.
+template <typename T, typename LoadFn>
+GoldenTensor<T> ReadGolden(const SafetensorsFile* file, const std::filesystem::path& path,
+                           std::string_view name, const char* kind, LoadFn load) {
+  GoldenTensor<T> out;
+  if (file == nullptr) return out;
+  const SafetensorsTensorInfo* info = file->Find(name);
   if (info == nullptr) {
-    ADD_FAILURE() << path_ << ": no golden tensor '" << name << "'";
+    ADD_FAILURE() << path << ": no golden tensor '" << name << "'";
     return out;
   }
-  HostTensor t = file_->View(*info);
+  HostTensor t = file->View(*info);
   out.shape = t.shape;
-  const int64_t n = t.numel();
-  out.values.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t v = 0;
-    switch (t.dtype) {
-      case DType::kI64: v = Load<int64_t>(t.data, i); break;
-      case DType::kI32: v = Load<int32_t>(t.data, i); break;
-      case DType::kI16: v = Load<int16_t>(t.data, i); break;
-      case DType::kI8: v = Load<int8_t>(t.data, i); break;
-      case DType::kU8:
-      case DType::kBool: v = Load<uint8_t>(t.data, i); break;
-      default:
-        ADD_FAILURE() << path_ << ": golden tensor '" << name << "' is " << DTypeName(t.dtype)
-                      << ", not an integer tensor";
-        return {};
+  out.values.resize(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    if (!load(t.dtype, t.data, i, &out.values[static_cast<size_t>(i)])) {
+      ADD_FAILURE() << path << ": golden tensor '" << name << "' is " << DTypeName(t.dtype)
+                    << ", not " << kind << " tensor";
+      return {};
     }
-    out.values[static_cast<size_t>(i)] = v;
   }
   return out;
 }
 
+GoldenTensor<int64_t> Goldens::Int64(std::string_view name) const {
+  return ReadGolden<int64_t>(file_.get(), path_, name, "an integer",
+                             [](DType dtype, const std::byte* data, int64_t i, int64_t* v) {
+                               switch (dtype) {
+                                 case DType::kI64: *v = Load<int64_t>(data, i); return true;
+                                 case DType::kI32: *v = Load<int32_t>(data, i); return true;
+                                 case DType::kI16: *v = Load<int16_t>(data, i); return true;
+                                 case DType::kI8: *v = Load<int8_t>(data, i); return true;
+                                 case DType::kU8:
+                                 case DType::kBool: *v = Load<uint8_t>(data, i); return true;
+                                 default: return false;
+                               }
+                             });
+}
+
 GoldenTensor<float> Goldens::Float(std::string_view name) const {
-  GoldenTensor<float> out;
-  if (!file_) return out;
-  const SafetensorsTensorInfo* info = file_->Find(name);
-  if (info == nullptr) {
-    ADD_FAILURE() << path_ << ": no golden tensor '" << name << "'";
-    return out;
-  }
-  HostTensor t = file_->View(*info);
-  out.shape = t.shape;
-  const int64_t n = t.numel();
-  out.values.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    float v = 0;
-    switch (t.dtype) {
-      case DType::kF32: v = Load<float>(t.data, i); break;
-      case DType::kF64: v = static_cast<float>(Load<double>(t.data, i)); break;
-      case DType::kF16: v = F16ToF32(Load<uint16_t>(t.data, i)); break;
-      case DType::kBF16: v = Bf16ToF32(Load<uint16_t>(t.data, i)); break;
-      default:
-        ADD_FAILURE() << path_ << ": golden tensor '" << name << "' is " << DTypeName(t.dtype)
-                      << ", not a float tensor";
-        return {};
-    }
-    out.values[static_cast<size_t>(i)] = v;
-  }
-  return out;
+  return ReadGolden<float>(file_.get(), path_, name, "a float",
+                           [](DType dtype, const std::byte* data, int64_t i, float* v) {
+                             switch (dtype) {
+                               case DType::kF32: *v = Load<float>(data, i); return true;
+                               case DType::kF64: *v = static_cast<float>(Load<double>(data, i)); return true;
+                               case DType::kF16: *v = F16ToF32(Load<uint16_t>(data, i)); return true;
+                               case DType::kBF16: *v = Bf16ToF32(Load<uint16_t>(data, i)); return true;
+                               default: return false;
+                             }
+                           });
 }
 
 }  // namespace tandem::testing

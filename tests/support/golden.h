@@ -1,5 +1,5 @@
 // Goldens: typed access to a model's `goldens.safetensors` (reference outputs computed by HF
-// transformers; see /work/shared/testdata/README.md) for tests of every module.
+// transformers; see ../shared/testdata/README.md beside the checkout) for tests of every module.
 //
 //   tandem::testing::Goldens goldens("tiny-llama");
 //   auto ids = goldens.Int64("p2.input_ids");          // ids.values, ids.shape == {17}
