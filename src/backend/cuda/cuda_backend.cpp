@@ -330,14 +330,7 @@ Status CudaBackend::CheckSupported(const AttentionParams& params) const {
 
 Status CudaBackend::CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
                                          const AttentionMetadata& meta) const {
-  if (!kernels::PagedAttentionSupportsHeadDim(params.head_dim)) {
-    return UnimplementedError("cuda backend: head_dim " + std::to_string(params.head_dim) +
-                              " is not compiled into the attention kernel (supported: 32, 64, 80, 96, 128, 256)");
-  }
-  if (params.num_kv_heads <= 0 || params.num_heads % params.num_kv_heads != 0) {
-    return InvalidArgumentError("cuda backend: num_heads " + std::to_string(params.num_heads) +
-                                " is not a multiple of num_kv_heads " + std::to_string(params.num_kv_heads));
-  }
+  TANDEM_RETURN_IF_ERROR(CheckSupported(params));
   CheckBf16(cache.k, "KV cache");
   CheckBf16(cache.v, "KV cache");
   TANDEM_CHECK_EQ(cache.k.ndim, 4);
