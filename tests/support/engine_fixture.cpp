@@ -65,6 +65,19 @@ std::map<std::string, FinishedRequest> RunToCompletion(Engine& engine, int max_s
   return done;
 }
 
+std::vector<TokenId> SyntheticPrompt(int n, int salt) {
+  std::vector<TokenId> p(n);
+  for (int i = 0; i < n; ++i) p[i] = (i * 37 + salt * 101 + 5) % 2000;
+  return p;
+}
+
+void ExpectPoolWhole(const Engine& engine) {
+  engine.CheckInvariants();
+  const BlockManagerStats s = engine.Stats().blocks;
+  EXPECT_EQ(s.num_in_use, 0);
+  EXPECT_EQ(s.num_free + s.num_cached, s.num_total);
+}
+
 std::vector<TokenId> ToTokens(const std::vector<int64_t>& ids) {
   return std::vector<TokenId>(ids.begin(), ids.end());
 }

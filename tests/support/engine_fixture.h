@@ -30,6 +30,13 @@ struct FinishedRequest {
 // engine.CheckInvariants() after every step.
 std::map<std::string, FinishedRequest> RunToCompletion(Engine& engine, int max_steps = 100000);
 
+// A deterministic synthetic prompt of `n` ids below 2000 (inside both tiny vocabularies).
+std::vector<TokenId> SyntheticPrompt(int n, int salt = 0);
+
+// Asserts the engine's invariants and that its KV pool is whole: nothing in use,
+// free + cached == total.
+void ExpectPoolWhole(const Engine& engine);
+
 // int64 ids (goldens) -> TokenId.
 std::vector<TokenId> ToTokens(const std::vector<int64_t>& ids);
 

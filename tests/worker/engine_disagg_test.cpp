@@ -13,24 +13,12 @@ namespace {
 
 using testing::GreedyRequest;
 using testing::MakeCpuEngine;
+using testing::ExpectPoolWhole;
 using testing::RunToCompletion;
 
+std::vector<TokenId> Prompt(int n, int salt = 0) { return testing::SyntheticPrompt(n, salt); }
+
 constexpr char kModel[] = "tiny-llama31";
-
-std::vector<TokenId> Prompt(int n, int salt = 0) {
-  std::vector<TokenId> p(n);
-  for (int i = 0; i < n; ++i) p[i] = (i * 37 + salt * 101 + 5) % 2000;
-  return p;
-}
-
-void ExpectPoolWhole(const Engine& engine) {
-  engine.CheckInvariants();
-  const auto s = engine.Stats();
-  EXPECT_EQ(s.blocks.num_in_use, 0);
-  EXPECT_EQ(s.blocks.num_free + s.blocks.num_cached, s.blocks.num_total);
-  EXPECT_EQ(s.num_transferring, 0u);
-  EXPECT_FALSE(engine.HasUnfinished());
-}
 
 std::unique_ptr<Engine> MakeRole(EngineRole role, int32_t num_blocks = 256) {
   EngineConfig config;

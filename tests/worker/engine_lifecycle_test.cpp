@@ -17,22 +17,12 @@ namespace {
 
 using testing::GreedyRequest;
 using testing::MakeCpuEngine;
+using testing::ExpectPoolWhole;
 using testing::RunToCompletion;
 
+std::vector<TokenId> Prompt(int n, int salt = 0) { return testing::SyntheticPrompt(n, salt); }
+
 constexpr char kModel[] = "tiny-llama31";
-
-std::vector<TokenId> Prompt(int n, int salt = 0) {
-  std::vector<TokenId> p(n);
-  for (int i = 0; i < n; ++i) p[i] = (i * 37 + salt * 101 + 5) % 2000;
-  return p;
-}
-
-void ExpectPoolWhole(const Engine& engine) {
-  engine.CheckInvariants();
-  auto s = engine.Stats().blocks;
-  EXPECT_EQ(s.num_in_use, 0);
-  EXPECT_EQ(s.num_free + s.num_cached + s.num_in_use, s.num_total);
-}
 
 TEST(EngineLifecycleTest, PromptExactlyFillingABlockAndOneOver) {
   EngineConfig config;
