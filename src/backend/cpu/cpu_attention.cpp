@@ -75,8 +75,9 @@ void PagedAttention(const Tensor& q, KvLayerView cache, const AttentionParams& p
   const float* kc = cache.k.as<const float>();
   const float* vc = cache.v.as<const float>();
   pool.ParallelFor(static_cast<int64_t>(meta.num_tokens) * nh, 4, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
-    std::vector<float> acc(hd);
+    thread_local std::vector<float> scores;  // per-thread scratch, reused across calls
+    thread_local std::vector<float> acc;
+    acc.resize(hd);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item / nh;
       const int32_t h = static_cast<int32_t>(item % nh);

@@ -115,7 +115,9 @@ void Linear(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor out, Th
   float* op = out.as<float>();
   const int64_t num_blocks = (n_dim + kRowBlock - 1) / kRowBlock;
   pool.ParallelFor(num_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> wbuf(static_cast<size_t>(kRowBlock * k_padded));
+    // Per-thread scratch, reused across calls: no allocation in the step loop after warm-up.
+    thread_local std::vector<uint32_t> wbuf;
+    wbuf.resize(static_cast<size_t>(kRowBlock * k_padded));
     for (int64_t b = begin; b < end; ++b) {
       const int64_t n0 = b * kRowBlock;
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, n_dim - n0));
