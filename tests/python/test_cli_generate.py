@@ -214,3 +214,38 @@ def test_control_copied_model_runs(tmp_path):
     rc, out, err = run_ids(model=dst)
     assert rc == 0, err
     assert len(json.loads(out.splitlines()[-1])["token_ids"]) == 2
+
+
+# --- model sources and flags ------------------------------------------------------------------------
+def test_dummy_weights_instantiate_a_bare_config(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text((model_dir("tiny-llama") / "config.json").read_text())
+    rc, out, err = generate("--model", config, "--dummy-weights", "--prompt-ids", "1,2,3",
+                            "--max-tokens", 3, "--temperature", 0, "--ignore-eos", "--format", "json")
+    assert rc == 0, err
+    assert len(json.loads(out.strip().splitlines()[-1])["token_ids"]) == 3
+
+
+def test_bare_config_without_dummy_weights_says_what_to_add(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text((model_dir("tiny-llama") / "config.json").read_text())
+    rc, out, err = run_ids(model=config)
+    assert_clean_failure(rc, err, "--dummy-weights")
+
+
+def test_dummy_weights_refuse_a_gguf_file(tmp_path):
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    rc, out, err = run_ids("--dummy-weights", model=gguf)
+    assert_clean_failure(rc, err, "config.json")
+
+
+def test_unknown_backend():
+    rc, out, err = run_ids("--backend", "tpu")
+    assert_clean_failure(rc, err, "--backend", "tpu")
+
+
+@pytest.mark.parametrize("sources", [[], ["--prompt-ids", "1,2", "--prompt", "hi"]])
+def test_exactly_one_prompt_source(sources):
+    rc, out, err = generate("--model", model_dir("tiny-llama"), *sources, "--max-tokens", 2)
+    assert_clean_failure(rc, err, "exactly one of")
