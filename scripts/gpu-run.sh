@@ -7,17 +7,25 @@
 #                                 bundles them, the non-system shared libraries they need and the
 #                                 tiny test models into .bundle/ (git-ignored), and prints the
 #                                 command to run on the GPU machine.
-#   scripts/gpu-run.sh --device [--bench] [--no-sanitizer]
-#                                 (on the GPU machine, from the repo root) runs every GPU test, a
+#   bash <bundle>/gpu-run.sh --device [--bench] [--no-sanitizer]
+#                                 (on the GPU machine, from the repo root; the bundle carries
+#                                 its own copy of this script, so it runs what was bundled) runs every GPU test, a
 #                                 compute-sanitizer memcheck pass and a `tandem generate` smoke run;
 #                                 with --bench also gpu_engine_bench (Llama-3.1-8B shape, dummy
 #                                 weights, ~2-3 minutes on an H100; run twice: device sampling, then
 #                                 --host-sampling as the baseline); writes logs and results.md to
 #                                 $OUT (default .bundle/out).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+if [ "${1:-}" = "--device" ] && [ -d "$here/bin" ]; then
+  # Running the bundle's copy: the bundle is this script's folder, the repo root its parent.
+  root=$(dirname "$here")
+  bundle=$(basename "$here")
+else
+  root=$(dirname "$here")
+  bundle=${TANDEM_BUNDLE_DIR:-.bundle}  # a folder of the repo root that git ignores
+fi
 cd "$root"
-bundle=.bundle
 build=${TANDEM_GPU_BUILD_DIR:-build-gpu}  # any build dir configured like the one below
 
 if [ "${1:-}" != "--device" ]; then
@@ -40,9 +48,10 @@ if [ "${1:-}" != "--device" ]; then
   testdata=$(sed -n 's/^TANDEM_TESTDATA_DIR:PATH=//p' "$build"/CMakeCache.txt)
   cp -r "$testdata"/models/tiny-llama "$testdata"/models/tiny-llama31 "$bundle/testdata/models/"
   mkdir -p "$bundle/configs" && cp configs/models/llama-3.1-8b.json "$bundle/configs/"
+  cp scripts/gpu-run.sh "$bundle/gpu-run.sh"
   du -sh "$bundle"
-  echo "Run on the GPU machine (repo root, carry .bundle):"
-  echo "  bash scripts/gpu-run.sh --device"
+  echo "Run on the GPU machine (repo root, carry $bundle):"
+  echo "  bash $bundle/gpu-run.sh --device"
   exit 0
 fi
 
