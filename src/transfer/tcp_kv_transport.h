@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "transfer/kv_transport.h"
+#include "transfer/socket_io.h"
 
 namespace tandem {
 
@@ -36,8 +37,7 @@ class TcpKvTransport final : public KvTransport {
 
  private:
   struct Connection {
-    ~Connection();
-    int fd = -1;
+    net::Socket socket;
     std::thread thread;
     std::atomic<bool> done{false};
   };
@@ -48,6 +48,7 @@ class TcpKvTransport final : public KvTransport {
 
   const KvTransportOptions options_;  // Constant after construction
   KvReceiveHandler handler_;          // Constant after Listen
+  net::Socket listen_socket_;         // Constant after Listen
   int listen_fd_ = -1;                // Constant after Listen
   std::atomic<bool> stopping_{false};
   std::thread accept_thread_;
