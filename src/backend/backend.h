@@ -149,6 +149,13 @@ class Backend {
                                  std::span<const KvLayerView> layers) {
     return UnimplementedError(std::string(name()) + " backend: ScatterKvBlocks is not implemented");
   }
+  // The same from a buffer in this backend's memory (a GPU transport received the KV on the device).
+  // Synchronous: `device_src` may be reused once it returns.
+  virtual Status ScatterKvBlocksFromDevice(const void* device_src, std::span<const int32_t> block_ids,
+                                           std::span<const KvLayerView> layers) {
+    return UnimplementedError(std::string(name()) +
+                              " backend: KV received in device memory cannot be written here");
+  }
 
  protected:
   // Rows [begin, end) of `logits` through the host reference (the default SampleRows).

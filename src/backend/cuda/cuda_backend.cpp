@@ -97,6 +97,7 @@ Status CudaBackend::Init() {
   TANDEM_RETURN_IF_ERROR(ids_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(rows_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(sample_upload_.Init(stream_));
+  TANDEM_RETURN_IF_ERROR(kv_ids_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(attention_metadata_.Init(stream_));
   spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB)", device_, prop.name,
                prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30));

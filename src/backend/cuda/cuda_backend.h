@@ -69,6 +69,19 @@ class CudaBackend final : public Backend {
   Status SampleRows(const Tensor& logits, std::span<const SampleInput> inputs,
                     std::span<SampleOutput> outputs) override;
 
+  // KV block transfer (cuda_backend_kv.cpp): the cache's blocks through a device staging buffer and
+  // one copy to or from the host; from a device buffer, a kernel per layer.
+  Status GatherKvBlocks(std::span<const KvLayerView> layers, std::span<const int32_t> block_ids,
+                        void* host) override;
+  Status ScatterKvBlocks(const void* host, std::span<const int32_t> block_ids,
+                         std::span<const KvLayerView> layers) override;
+  Status ScatterKvBlocksFromDevice(const void* device_src, std::span<const int32_t> block_ids,
+                                   std::span<const KvLayerView> layers) override;
+  // Enqueues (no wait) the gather of one layer's listed blocks into `device_dst`
+  // ([K|V][num_ids][block bytes]); `device_block_ids` must stay valid until the kernel ran.
+  Status GatherKvLayerOnDevice(const KvLayerView& layer, const int32_t* device_block_ids,
+                               int32_t num_ids, void* device_dst);
+
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
 
@@ -98,6 +111,9 @@ class CudaBackend final : public Backend {
   // SampleRows: per-row inputs + penalty entries (one upload), a grow-only device result/scratch
   // buffer, and host buffers reused between steps.
   PinnedUpload sample_upload_;
+  // KV block transfer: block ids, and the grow-only device staging of the host paths.
+  PinnedUpload kv_ids_upload_;
+  std::unique_ptr<DeviceBuffer> kv_staging_;
   std::byte* sample_device_ = nullptr;
   size_t sample_device_bytes_ = 0;
   std::vector<std::byte> sample_staging_;
