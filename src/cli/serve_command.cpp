@@ -176,6 +176,8 @@ int RunDisaggregated(const ServeFlags& flags, const DisaggDeploymentConfig& conf
       std::vector<std::string> args = {"worker", "--role", role, "--listen",
                                        config.disagg.worker_host + ":0"};
       args.insert(args.end(), common.begin(), common.end());
+      const auto& devices = role == "prefill" ? config.disagg.prefill_devices : config.disagg.decode_devices;
+      if (!devices.empty()) args.insert(args.end(), {"--device", std::to_string(devices[static_cast<size_t>(i)])});
       const std::string name = role + " worker " + std::to_string(i);
       auto child = StartChild(name, args, config.disagg.worker_start_timeout_s);
       if (child.ok()) child->args = args;

@@ -7,7 +7,11 @@
 //     prefill_workers: 1             # worker processes `tandem serve` starts
 //     decode_workers: 1
 //     worker_host: 127.0.0.1         # workers' gRPC and KV endpoints (ports picked at start)
-//     kv_transport: tcp              # tcp (CPU); nccl comes with the GPU path
+//     kv_transport: tcp              # tcp (any backend, through host memory) or nccl (CUDA
+//                                    # workers: GPU to GPU, streamed while the prefill runs)
+//     kv_staging_mib: 1024           # nccl: device staging per worker for transfers in flight
+//     prefill_devices: [0]           # CUDA device of each prefill / decode worker `tandem serve`
+//     decode_devices: [1]            # starts (default: model.device for all)
 //     kv_connect_timeout_ms: 2000
 //     kv_io_timeout_ms: 5000         # longest wait for any KV read/write to progress
 //     worker_start_timeout_s: 120
@@ -22,6 +26,7 @@
 #include <chrono>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "common/config_yaml.h"
 #include "tandem/status.h"
@@ -35,6 +40,9 @@ struct DisaggSection {
   std::string kv_transport = "tcp";
   int32_t kv_connect_timeout_ms = 2000;
   int32_t kv_io_timeout_ms = 5000;
+  int32_t kv_staging_mib = 1024;
+  std::vector<int32_t> prefill_devices;  // empty: model.device
+  std::vector<int32_t> decode_devices;
   double worker_start_timeout_s = 120;
   bool restart_workers = true;
   double restart_backoff_s = 0.5;
