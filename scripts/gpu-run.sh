@@ -7,14 +7,20 @@
 #                                 bundles them, the non-system shared libraries they need and the
 #                                 tiny test models into .bundle/ (git-ignored), and prints the
 #                                 command to run on the GPU machine.
-#   bash <bundle>/gpu-run.sh --device [--bench] [--no-sanitizer]
+#   bash <bundle>/gpu-run.sh --device [--bench] [--disagg] [--e2e] [--no-sanitizer]
 #                                 (on the GPU machine, from the repo root; the bundle carries
 #                                 its own copy of this script, so it runs what was bundled) runs every GPU test, a
 #                                 compute-sanitizer memcheck pass and a `tandem generate` smoke run;
 #                                 with --bench also gpu_engine_bench (Llama-3.1-8B shape, dummy
 #                                 weights, ~2-3 minutes on an H100; run twice: device sampling, then
-#                                 --host-sampling as the baseline); writes logs and results.md to
-#                                 $OUT (default .bundle/out).
+#                                 --host-sampling as the baseline); with --disagg (two GPUs,
+#                                 nvidia-h100-x2) disagg_bench: the NCCL KV handoff of a 1P+1D
+#                                 pair against NCCL p2p and colocated TTFT. The NCCL tests of
+#                                 tandem_gpu_tests run when two GPUs are visible. With --e2e:
+#                                 offline_bench (1000/1000 tokens, as many sequences as memory
+#                                 allows) and batch 1 / 32 against HF transformers `generate`
+#                                 (hf_generate_bench.py, same shapes, same run). Writes logs and
+#                                 results.md to $OUT (default <bundle>/out).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 if [ "${1:-}" = "--device" ] && [ -d "$here/bin" ]; then
@@ -31,10 +37,11 @@ build=${TANDEM_GPU_BUILD_DIR:-build-gpu}  # any build dir configured like the on
 if [ "${1:-}" != "--device" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DTANDEM_CUDA_ARCHS=90 \
     -DTANDEM_NATIVE=OFF -DTANDEM_WERROR="${TANDEM_WERROR:-OFF}" -DTANDEM_BUILD_BENCHMARKS=ON >/dev/null
-  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench
+  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench disagg_bench offline_bench
   rm -rf "$bundle"
   mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/testdata/models"
-  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$bundle/bin/"
+  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$build"/disagg_bench "$build"/offline_bench "$bundle/bin/"
+  strip "$bundle"/bin/*
   # Shared libraries the device image may lack: everything but the C/C++ runtime and CUDA's own
   # (the device has those in /usr/local/cuda/lib64).
   for bin in "$bundle"/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
@@ -48,6 +55,7 @@ if [ "${1:-}" != "--device" ]; then
   testdata=$(sed -n 's/^TANDEM_TESTDATA_DIR:PATH=//p' "$build"/CMakeCache.txt)
   cp -r "$testdata"/models/tiny-llama "$testdata"/models/tiny-llama31 "$bundle/testdata/models/"
   mkdir -p "$bundle/configs" && cp configs/models/llama-3.1-8b.json "$bundle/configs/"
+  cp benchmarks/gpu/hf_generate_bench.py "$bundle/bin/"
   cp scripts/gpu-run.sh "$bundle/gpu-run.sh"
   du -sh "$bundle"
   echo "Run on the GPU machine (repo root, carry $bundle):"
@@ -57,10 +65,14 @@ fi
 
 # ---- device side -----------------------------------------------------------------------------------
 run_bench=0
+run_disagg=0
+run_e2e=0
 run_sanitizer=1
 for arg in "${@:2}"; do
   case "$arg" in
     --bench) run_bench=1 ;;
+    --disagg) run_disagg=1 ;;
+    --e2e) run_e2e=1 ;;
     --no-sanitizer) run_sanitizer=0 ;;
     *) echo "unknown argument $arg" >&2; exit 2 ;;
   esac
@@ -69,6 +81,11 @@ OUT=${OUT:-$bundle/out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$root/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 export TANDEM_TESTDATA_DIR="$root/$bundle/testdata"
+export NCCL_NVLS_ENABLE=0  # never NVLink multicast on shared machines
+if [ ! -e /usr/local/cuda/lib64/libnccl.so.2 ]; then  # NCCL from the image's Python wheel
+  nccl_lib=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0] + "/lib")' 2>/dev/null || true)
+  [ -n "$nccl_lib" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$nccl_lib"
+fi
 bin="$bundle/bin"
 date -u +"%Y-%m-%dT%H:%M:%SZ" >"$OUT/env.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/env.txt" 2>&1 || true
@@ -103,6 +120,26 @@ done
 cat "$OUT"/generate_*.json >>"$OUT/generate.log" 2>/dev/null || true
 rm -f "$OUT"/generate_*.json
 
+if [ "$run_disagg" = 1 ]; then
+  echo "== disagg_bench (llama-3.1-8b shape, dummy weights, 1P+1D over NCCL, 2048-token prompts)"
+  "$bin/disagg_bench" --config "$bundle/configs/llama-3.1-8b.json" --prompt-tokens 2048 2>&1 |
+    tee "$OUT/disagg_bench.log" || status=1
+fi
+
+if [ "$run_e2e" = 1 ]; then
+  cfg="$bundle/configs/llama-3.1-8b.json"
+  echo "== offline_bench 1000/1000 (llama-3.1-8b shape, dummy weights)"
+  "$bin/offline_bench" --config "$cfg" --requests "${TANDEM_OFFLINE_REQUESTS:-512}" --prompt-tokens 1000 \
+    --output-tokens 1000 2>&1 | tee "$OUT/offline.log" || status=1
+  echo "== end to end vs HF transformers generate (128 prompt / 128 output tokens, batch 1 and 32)"
+  for b in 1 32; do
+    "$bin/offline_bench" --config "$cfg" --requests $b --prompt-tokens 128 --output-tokens 128 2>&1 |
+      tee -a "$OUT/e2e_tandem.log" || status=1
+  done
+  PYTHONUNBUFFERED=1 python3 "$bin/hf_generate_bench.py" --config "$cfg" --batches 1,32 --prompt-tokens 128 \
+    --output-tokens 128 2>&1 | tee "$OUT/e2e_hf.log" || status=1
+fi
+
 if [ "$run_bench" = 1 ]; then
   echo "== gpu_engine_bench (llama-3.1-8b shape, dummy weights)"
   "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" 2>&1 | tee "$OUT/bench.log" || status=1
@@ -128,6 +165,10 @@ fi
   echo "## tandem generate (tiny-llama, prompt $prompt, 16 greedy tokens)"
   grep -E '^\{' "$OUT/generate.log" || tail -n 5 "$OUT/generate.log"
   if [ -f "$OUT/bench.log" ]; then echo; sed -n '/^# gpu_engine_bench/,$p' "$OUT/bench.log"; fi
+  if [ -f "$OUT/disagg_bench.log" ]; then echo; sed -n '/^# disagg_bench/,$p' "$OUT/disagg_bench.log"; fi
+  for f in offline e2e_tandem e2e_hf; do
+    if [ -f "$OUT/$f.log" ]; then echo; grep -E '^(#|\|)' "$OUT/$f.log"; fi
+  done
   if [ -f "$OUT/bench_host_sampling.log" ]; then
     echo; sed -n '/^# gpu_engine_bench/,/^prefill floor/p' "$OUT/bench_host_sampling.log"
   fi

@@ -2,7 +2,10 @@
 // tandem.v1.Worker service (the router's control plane) and, on decode workers, a KV receiver.
 //
 //   tandem worker --role prefill|decode --config configs/cpu-disagg.yaml [--listen ADDR]
-//                 [--kv-listen ADDR] [--model PATH] [--ready-fd N]
+//                 [--kv-listen ADDR] [--model PATH] [--device N] [--ready-fd N]
+//
+// The KV transport is the config's disaggregated.kv_transport: tcp (any backend) or nccl (CUDA
+// workers; the prefill engine streams each prompt's KV during its last prefill step).
 //
 // --ready-fd: once serving, writes "ADDR\n" (the bound gRPC address) to that file descriptor and
 // closes it (how `tandem serve` learns where its children listen). SIGTERM/SIGINT: stops taking
@@ -20,6 +23,9 @@
 #include "router/worker_service.h"
 #include "transfer/tcp_kv_transport.h"
 #include "worker/engine_loop.h"
+#ifdef TANDEM_WITH_NCCL
+#include "transfer/nccl/nccl_kv_transport.h"
+#endif
 
 namespace tandem::cli {
 namespace {
@@ -31,8 +37,33 @@ struct WorkerFlags {
   std::string kv_listen;  // default: the listen host, any port
   std::string model;
   std::string log_level;
+  int device = -1;  // CUDA device; -1: model.device
   int ready_fd = -1;
 };
+
+// The config's KV transport for this worker's engine (before the engine moves into its loop: a
+// prefill engine streams through the NCCL transport).
+StatusOr<std::unique_ptr<KvTransport>> MakeKvTransport(const DisaggSection& d, Engine& engine) {
+  KvTransportOptions options;
+  options.connect_timeout = std::chrono::milliseconds(d.kv_connect_timeout_ms);
+  options.io_timeout = std::chrono::milliseconds(d.kv_io_timeout_ms);
+  if (d.kv_transport == "tcp") return std::unique_ptr<KvTransport>(std::make_unique<TcpKvTransport>(options));
+#ifdef TANDEM_WITH_NCCL
+  auto* cuda = dynamic_cast<CudaBackend*>(&engine.backend());
+  if (cuda == nullptr) {
+    return InvalidArgumentError("kv_transport nccl needs the cuda backend (model.backend: cuda)");
+  }
+  NcclKvTransportOptions nccl;
+  nccl.transport = options;
+  nccl.staging_bytes = static_cast<size_t>(d.kv_staging_mib) << 20;
+  TANDEM_ASSIGN_OR_RETURN(auto transport,
+                          NcclKvTransport::Create(*cuda, engine.kv_layers(), engine.kv_geometry(), nccl));
+  if (engine.config().role == EngineRole::kPrefill) engine.SetKvStreamer(transport.get());
+  return std::unique_ptr<KvTransport>(std::move(transport));
+#else
+  return UnimplementedError("kv_transport nccl: this tandem was built without CUDA/NCCL");
+#endif
+}
 
 int Run(const WorkerFlags& flags) {
   sigset_t signals = BlockTerminationSignals();
@@ -50,6 +81,7 @@ int Run(const WorkerFlags& flags) {
   DeploymentConfig& base = config->base;
   if (!flags.model.empty()) base.model.path = flags.model;
   if (!flags.log_level.empty()) base.log_level = flags.log_level;
+  if (flags.device >= 0) base.model.device = flags.device;
   if (Status s = base.Validate(); !s.ok()) {
     std::cerr << "error: " << flags.config << ": " << s.ToString() << "\n";
     return 2;
@@ -74,13 +106,15 @@ int Run(const WorkerFlags& flags) {
   for (int64_t id : loaded->engine->model_config().eos_token_ids) model.add_eos_token_ids(static_cast<int32_t>(id));
   model.set_backend(base.model.backend);
 
+  auto made = MakeKvTransport(config->disagg, *loaded->engine);
+  if (!made.ok()) {
+    spdlog::error("{} worker: {}", role_name, made.status().ToString());
+    return 1;
+  }
+  KvTransport& transport = **made;
   EngineLoopConfig loop_config;
   loop_config.max_live_requests = base.server.max_live_requests;
   EngineLoop loop(std::move(loaded->engine), loop_config);
-  KvTransportOptions transport_options;
-  transport_options.connect_timeout = std::chrono::milliseconds(config->disagg.kv_connect_timeout_ms);
-  transport_options.io_timeout = std::chrono::milliseconds(config->disagg.kv_io_timeout_ms);
-  TcpKvTransport transport(transport_options);
 
   GenerationServiceOptions service_options;
   service_options.poll_interval = std::chrono::milliseconds(base.server.poll_interval_ms);
@@ -133,7 +167,7 @@ int Run(const WorkerFlags& flags) {
   Status drained = loop.Shutdown(Clock::now() + grace);
   if (!drained.ok()) spdlog::warn("{}", drained.message());
   (*server)->Shutdown(Clock::now() + std::chrono::seconds(2));
-  transport.Shutdown();
+  transport.Shutdown();  // before the loop (and the engine's KV cache it may write) goes
   spdlog::info("{} worker: stopped", role_name);
   return 0;
 }
@@ -151,6 +185,7 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--kv-listen", flags->kv_listen, "decode: host:port of the KV receiver (default: --listen's host, any port)");
   cmd->add_option("--model", flags->model, "Model path; overrides model.path");
   cmd->add_option("--log-level", flags->log_level, "overrides log_level");
+  cmd->add_option("--device", flags->device, "CUDA device; overrides model.device");
   cmd->add_option("--ready-fd", flags->ready_fd, "Write the bound address to this fd once serving");
   cmd->callback([flags, exit_code] { *exit_code = Run(*flags); });
 }

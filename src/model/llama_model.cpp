@@ -213,6 +213,7 @@ StatusOr<Tensor> LlamaModel::ForwardToBackend(const ModelInput& input, const KvC
     const KvLayerView kv = cache.layer(static_cast<int32_t>(l));
     TANDEM_RETURN_IF_ERROR(
         backend_.RopeAndWriteKv(q, k, v, rope_, attention_params_, input.attention, kv));
+    if (input.after_layer_kv) TANDEM_RETURN_IF_ERROR(input.after_layer_kv(static_cast<int32_t>(l)));
     TANDEM_RETURN_IF_ERROR(backend_.Attention(q, kv, attention_params_, input.attention, attn));
     TANDEM_RETURN_IF_ERROR(backend_.Linear(attn, w.o, w.o_bias, x));
     // MLP block.

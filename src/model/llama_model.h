@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -24,6 +25,9 @@ struct ModelInput {
   std::span<const int32_t> token_ids;    // [T]
   AttentionMetadata attention;           // positions, slots, block tables
   std::span<const int32_t> logits_rows;  // token indices (into [0, T)) whose logits are returned
+  // Optional: called once per layer right after that layer's K/V writes were enqueued (the KV
+  // streamer of a prefill worker sends layer l while l + 1 computes).
+  std::function<Status(int32_t layer)> after_layer_kv;
 };
 
 class LlamaModel {

@@ -98,6 +98,16 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* context, const v1::Work
   const bool with_logprobs = request.sampling.logprobs >= 0;
   auto stream = std::make_shared<RequestStream>(options_.max_queued_outputs);
   auto kv = std::make_shared<KvSlot>();
+  // A streaming transport connects to the decode worker now, before the prefill can complete.
+  if (Status prepared = transport_.Prepare(proto->kv_endpoint(), id); !prepared.ok()) {
+    return ToGrpcStatus(Status(prepared.code(), "cannot reach the decode worker's KV receiver at " +
+                                                    proto->kv_endpoint() + ": " + prepared.message()));
+  }
+  struct ForgetRoute {
+    KvTransport& transport;
+    const std::string& id;
+    ~ForgetRoute() { transport.Forget(id); }
+  } forget{transport_, id};
   Status submitted = loop_.Submit(
       std::move(request), [stream](RequestOutput out) { stream->Push(std::move(out)); },
       [kv](StatusOr<KvHandoff> handoff) { kv->Set(std::move(handoff)); });

@@ -45,6 +45,12 @@ struct KvHandoff {
   int32_t num_blocks = 0;   // blocks in `data`: ceil(num_tokens / block_size)
   TokenId first_token = 0;  // sampled by the prefill worker; its KV is computed by the decode worker
   std::vector<std::byte> data;
+  // Prefill side: the KV went out through a KvStreamer while the prefill ran; `data` is empty and
+  // KvTransport::Send only waits for the receiver's verdict.
+  bool streamed = false;
+  // Receive side of a device transport: the KV (TotalBytes(), the layout above) is in the
+  // receiving backend's memory, valid until the handler returns; `data` is empty.
+  const void* device_data = nullptr;
 
   size_t LayerBytes() const { return 2 * static_cast<size_t>(num_blocks) * geometry.BlockBytes(); }
   size_t TotalBytes() const { return static_cast<size_t>(geometry.num_layers) * LayerBytes(); }

@@ -50,9 +50,17 @@ class KvTransport {
   virtual ~KvTransport() = default;
   virtual std::string_view name() const = 0;
 
+  // Sender side, before the request is submitted to the prefill engine: a transport that streams
+  // KV during the prefill (KvStreamer) connects to `endpoint` now (blocking; Unavailable when it
+  // cannot) and routes `request_id` there. Forget drops the route (the request ended without a
+  // transfer); it is a no-op for a request Send already completed.
+  virtual Status Prepare(const std::string& endpoint, const std::string& request_id) { return OkStatus(); }
+  virtual void Forget(const std::string& request_id) {}
+
   // Pushes `handoff` to the receiver at `endpoint` and waits for its ack: OK once the receiver
   // wrote the KV. Unavailable when the peer cannot be reached or goes away, DeadlineExceeded when
-  // it stops responding, the receiver's status when it rejects or fails the transfer.
+  // it stops responding, the receiver's status when it rejects or fails the transfer. A
+  // `streamed` handoff already left through the KvStreamer: Send only waits for the verdict.
   virtual Status Send(const std::string& endpoint, const KvHandoff& handoff) = 0;
 
   // Starts receiving on `listen_address` (host:port, port 0 picks one). Returns the endpoint

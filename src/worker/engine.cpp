@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -196,7 +197,7 @@ Status Engine::CompleteTransfer(const KvHandoff& handoff) {
   }
   if (handoff.num_tokens != seq->num_prompt_tokens() ||
       handoff.num_blocks != blocks_->BlocksForTokens(handoff.num_tokens) ||
-      handoff.data.size() != handoff.TotalBytes()) {
+      (handoff.device_data == nullptr && handoff.data.size() != handoff.TotalBytes())) {
     return InvalidArgumentError("KV of request '" + handoff.request_id + "' covers " +
                                 std::to_string(handoff.num_tokens) + " tokens in " +
                                 std::to_string(handoff.num_blocks) + " blocks (" +
@@ -210,8 +211,10 @@ Status Engine::CompleteTransfer(const KvHandoff& handoff) {
   }
   auto table = blocks_->BlockTable(seq->id());
   TANDEM_CHECK_GE(static_cast<int32_t>(table.size()), handoff.num_blocks);
-  TANDEM_RETURN_IF_ERROR(backend_->ScatterKvBlocks(
-      handoff.data.data(), table.first(static_cast<size_t>(handoff.num_blocks)), kv_layers_));
+  const auto blocks = table.first(static_cast<size_t>(handoff.num_blocks));
+  TANDEM_RETURN_IF_ERROR(handoff.device_data != nullptr
+                             ? backend_->ScatterKvBlocksFromDevice(handoff.device_data, blocks, kv_layers_)
+                             : backend_->ScatterKvBlocks(handoff.data.data(), blocks, kv_layers_));
   seq->num_computed_tokens = handoff.num_tokens;
   blocks_->CommitComputed(seq->id(), seq->tokens(), seq->num_computed_tokens);
   seq->AppendToken(handoff.first_token);
@@ -250,6 +253,10 @@ StatusOr<KvHandoff> Engine::ReadKvForTransfer(const std::string& request_id) {
   TANDEM_CHECK_EQ(seq->num_computed_tokens, handoff.num_tokens);
   TANDEM_CHECK_EQ(seq->num_output_tokens(), 1);
   handoff.first_token = seq->output_tokens()[0];
+  if (streamed_.count(request_id) != 0) {
+    handoff.streamed = true;  // the streamer sent it during the prefill
+    return handoff;
+  }
   auto table = blocks_->BlockTable(seq->id());
   TANDEM_CHECK_GE(static_cast<int32_t>(table.size()), handoff.num_blocks);
   handoff.data.resize(handoff.TotalBytes());
@@ -261,7 +268,9 @@ StatusOr<KvHandoff> Engine::ReadKvForTransfer(const std::string& request_id) {
 StatusOr<RequestOutput> Engine::ReleaseTransferred(const std::string& request_id) {
   Sequence* seq = FindTransferring(request_id);
   if (seq == nullptr) return NotFoundError("no request '" + request_id + "' waits for KV transfer");
-  // transferring_kv -> finished: handed off; the decode worker finishes the request.
+  // transferring_kv -> finished: handed off; the decode worker finishes the request. A streamed
+  // request's gathers were enqueued before its blocks can be reused (stream order).
+  streamed_.erase(request_id);
   scheduler_->Remove(seq);  // frees its blocks (full ones stay in the prefix cache)
   seq->TransitionTo(SequenceState::kFinished);
   RequestOutput out = MakeOutput(*seq, /*final=*/true);
@@ -282,6 +291,10 @@ bool Engine::Abort(const std::string& request_id, Status error) {
 }
 
 void Engine::FinishSequence(Sequence& seq, FinishReason reason) {
+  const std::string& id = seq.request().request_id;
+  streamed_.erase(id);
+  deferred_streams_.erase(std::remove(deferred_streams_.begin(), deferred_streams_.end(), id),
+                          deferred_streams_.end());
   scheduler_->Remove(&seq);  // frees every KV block it holds
   seq.finish_reason = reason;
   seq.TransitionTo(reason == FinishReason::kAbort || reason == FinishReason::kError
@@ -334,7 +347,36 @@ bool Engine::CheckStop(const Sequence& seq, TokenId token, FinishReason* reason)
   return false;
 }
 
+void Engine::StreamDeferred() {
+  while (!deferred_streams_.empty()) {
+    const std::string id = deferred_streams_.front();
+    Sequence* seq = FindTransferring(id);
+    TANDEM_CHECK(seq != nullptr) << "a deferred stream that is not transferring";
+    const int32_t num_blocks = blocks_->BlocksForTokens(seq->num_prompt_tokens());
+    auto table = blocks_->BlockTable(seq->id()).first(static_cast<size_t>(num_blocks));
+    StatusOr<bool> started = streamer_->Begin(id, table, seq->num_prompt_tokens());
+    if (started.ok() && !*started) {
+      // Still no room: retried on the next step. With nothing else to run, the engine loop would
+      // call straight back; pace it while the transport frees staging.
+      if (!scheduler_->HasWork()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      return;
+    }
+    Status sent = started.status();
+    for (int32_t l = 0; sent.ok() && l < kv_geometry_.num_layers; ++l) sent = streamer_->LayerWritten(l);
+    if (!sent.ok()) {
+      if (started.ok()) streamer_->Commit(id, std::nullopt);
+      Abort(id, sent);  // also drops it from deferred_streams_
+      continue;
+    }
+    streamer_->Commit(id, seq->output_tokens()[0]);
+    streamed_.insert(id);
+    transfer_ready_.push_back(id);
+    deferred_streams_.erase(deferred_streams_.begin());
+  }
+}
+
 StatusOr<std::vector<RequestOutput>> Engine::Step() {
+  if (!deferred_streams_.empty()) StreamDeferred();
   std::vector<RequestOutput> outputs = std::move(pending_final_);
   pending_final_.clear();
   if (!scheduler_->HasWork()) return outputs;
@@ -394,6 +436,30 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
   meta.max_query_len = max_query_len;
   meta.max_context_len = max_context_len;
 
+  // Prefill role with a streamer: prompts whose prefill completes in this step leave layer by
+  // layer during the forward (kv_streamer.h); without staging room they are deferred.
+  std::unordered_set<Sequence*> begun;
+  const bool streaming = streamer_ != nullptr && config_.role == EngineRole::kPrefill;
+  for (const auto& s : plan.scheduled) {
+    Sequence& seq = *s.seq;
+    if (!streaming || !s.samples || seq.state() != SequenceState::kPrefilling ||
+        seq.num_output_tokens() != 0 || !streamer_->HasRoute(seq.request().request_id)) {
+      continue;
+    }
+    const int32_t num_blocks = blocks_->BlocksForTokens(seq.num_prompt_tokens());
+    auto table = blocks_->BlockTable(seq.id()).first(static_cast<size_t>(num_blocks));
+    StatusOr<bool> started = streamer_->Begin(seq.request().request_id, table, seq.num_prompt_tokens());
+    if (!started.ok()) {
+      spdlog::warn("request {}: KV streaming did not start ({}); deferred",
+                   seq.request().request_id, started.status().ToString());
+    } else if (*started) {
+      begun.insert(&seq);
+    }
+  }
+  if (!begun.empty()) {
+    input.after_layer_kv = [this](int32_t layer) { return streamer_->LayerWritten(layer); };
+  }
+
   // Forward, then sample on the backend: only token ids (and asked-for logprobs) come back.
   Status forward = [&]() -> Status {
     TANDEM_ASSIGN_OR_RETURN(Tensor logits, model_->ForwardToBackend(input, *kv_cache_));
@@ -416,6 +482,7 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
   if (!forward.ok()) {
     // The step failed as a whole: every request in it ends with the error; the engine goes on.
     spdlog::error("engine step failed: {}", forward.ToString());
+    for (Sequence* seq : begun) streamer_->Commit(seq->request().request_id, std::nullopt);
     for (const auto& s : plan.scheduled) {
       Sequence& seq = *s.seq;
       FinishSequence(seq, FinishReason::kError);
@@ -446,7 +513,10 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
     if (seq.first_token_time == Clock::time_point{}) seq.first_token_time = now;
     seq.last_token_time = now;
     FinishReason reason;
+    const bool was_begun = begun.count(&seq) != 0;
     if (CheckStop(seq, sampled.token, &reason)) {
+      // Ended at its first token: a streamed KV is dropped at the receiver.
+      if (was_begun) streamer_->Commit(seq.request().request_id, std::nullopt);
       FinishSequence(seq, reason);
       finished.push_back(&seq);
     } else if (seq.state() == SequenceState::kPrefilling) {
@@ -454,7 +524,16 @@ StatusOr<std::vector<RequestOutput>> Engine::Step() {
         // prefilling -> transferring_kv: out of the batch, blocks kept until the KV is read
         scheduler_->Detach(&seq);
         seq.TransitionTo(SequenceState::kTransferringKv);
-        transfer_ready_.push_back(seq.request().request_id);
+        const std::string& id = seq.request().request_id;
+        if (was_begun) {
+          streamer_->Commit(id, sampled.token);
+          streamed_.insert(id);
+          transfer_ready_.push_back(id);
+        } else if (streaming && streamer_->HasRoute(id)) {
+          deferred_streams_.push_back(id);  // no staging room during the step: after it
+        } else {
+          transfer_ready_.push_back(id);
+        }
       } else {
         // prefilling -> decoding (first token of this admission sampled)
         seq.TransitionTo(SequenceState::kDecoding);

@@ -28,6 +28,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "backend/backend.h"
@@ -39,6 +40,7 @@
 #include "scheduler/scheduler.h"
 #include "tandem/request.h"
 #include "transfer/kv_handoff.h"
+#include "transfer/kv_streamer.h"
 
 namespace tandem {
 
@@ -121,10 +123,19 @@ class Engine {
   Status CompleteTransfer(const KvHandoff& handoff);
   // The geometry a handoff must have to be accepted here (and that ReadKvForTransfer produces).
   const KvGeometry& kv_geometry() const { return kv_geometry_; }
+  // Prefill role, optional (not owned; must outlive the engine's steps): requests it has a route
+  // for leave through it during the step that completes their prefill (kv_streamer.h), and
+  // ReadKvForTransfer returns their handoff with `streamed` set and no data.
+  void SetKvStreamer(KvStreamer* streamer) { streamer_ = streamer; }
+  // What a device transport needs to read and write this engine's cache.
+  Backend& backend() { return *backend_; }
+  std::span<const KvLayerView> kv_layers() const { return kv_layers_; }
 
   bool HasUnfinished() const { return !sequences_.empty() || !pending_final_.empty(); }
   // Whether Step() has anything to do (sequences waiting for KV do not count).
-  bool HasStepWork() const { return scheduler_->HasWork() || !pending_final_.empty(); }
+  bool HasStepWork() const {
+    return scheduler_->HasWork() || !pending_final_.empty() || !deferred_streams_.empty();
+  }
   EngineStats Stats() const;
   // TANDEM_CHECKs the KV accounting and that no finished sequence holds blocks.
   void CheckInvariants() const;
@@ -136,6 +147,9 @@ class Engine {
   RequestOutput MakeOutput(Sequence& seq, bool final);
   void FinishSequence(Sequence& seq, FinishReason reason);
   bool CheckStop(const Sequence& seq, TokenId token, FinishReason* reason) const;
+  // Prefill role with a streamer: requests whose KV could not start during their last prefill
+  // step (no staging room) go now, without overlap, once there is room.
+  void StreamDeferred();
 
   EngineConfig config_;
   int64_t max_model_len_ = 0;
@@ -154,6 +168,9 @@ class Engine {
   std::unordered_map<std::string, std::unique_ptr<Sequence>> sequences_;  // live, by request id
   std::vector<RequestOutput> pending_final_;  // finished outside Step (aborts)
   std::vector<std::string> transfer_ready_;   // prefill role: entered kTransferringKv
+  KvStreamer* streamer_ = nullptr;            // prefill role, optional, not owned
+  std::unordered_set<std::string> streamed_;  // kTransferringKv, KV sent by the streamer
+  std::vector<std::string> deferred_streams_; // kTransferringKv, to be streamed when room frees
   int64_t num_steps_ = 0;
   int64_t num_preemptions_ = 0;
 
