@@ -31,10 +31,22 @@ Status NcclStatus(ncclResult_t r, const std::string& what) {
   return UnavailableError("NCCL " + what + ": " + ncclGetErrorString(r));
 }
 
+// Waits between polls: spin (yield) for the first 200 us — an enqueue on a non-blocking
+// communicator usually completes within microseconds, and the engine thread enqueues a layer per
+// call — then nap 50 us.
+void Backoff(Clock::time_point start) {
+  if (Clock::now() - start < std::chrono::microseconds(200)) {
+    std::this_thread::yield();
+  } else {
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
 // A non-blocking communicator's last call has finished (ncclInProgress turned into ncclSuccess),
 // or its error; DeadlineExceeded after `timeout`.
 Status WaitComm(ncclComm_t comm, Millis timeout, const std::string& what) {
-  const auto deadline = Clock::now() + timeout;
+  const auto start = Clock::now();
+  const auto deadline = start + timeout;
   for (;;) {
     ncclResult_t state = ncclSuccess;
     TANDEM_RETURN_IF_ERROR(NcclStatus(ncclCommGetAsyncError(comm, &state), what));
@@ -43,14 +55,15 @@ Status WaitComm(ncclComm_t comm, Millis timeout, const std::string& what) {
     if (Clock::now() > deadline) {
       return DeadlineExceededError("NCCL " + what + " did not finish within " + MillisText(timeout));
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    Backoff(start);
   }
 }
 
 // Polls `event` until the work before it ran; DeadlineExceeded after `timeout` (a peer that never
 // posts its half of a send/recv pair).
 Status WaitEvent(cudaEvent_t event, Millis timeout, const std::string& what) {
-  const auto deadline = Clock::now() + timeout;
+  const auto start = Clock::now();
+  const auto deadline = start + timeout;
   for (;;) {
     const cudaError_t e = cudaEventQuery(event);
     if (e == cudaSuccess) return OkStatus();
@@ -58,7 +71,7 @@ Status WaitEvent(cudaEvent_t event, Millis timeout, const std::string& what) {
     if (Clock::now() > deadline) {
       return DeadlineExceededError(what + " did not finish within " + MillisText(timeout));
     }
-    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    Backoff(start);
   }
 }
 
@@ -253,8 +266,12 @@ StatusOr<std::shared_ptr<NcclKvTransport::Peer>> NcclKvTransport::Connect(const 
   if (!s.ok()) return fail(s);
   arena_.Free(*warmup);
 
-  peer->reader = std::thread([this, peer] { ReadAcks(peer); });
   std::lock_guard<std::mutex> lock(mu_);
+  if (shut_down_) {
+    return fail(UnavailableError("NCCL KV transport is shutting down"));
+  }
+  peer->reader = std::thread([this, peer] { ReadAcks(peer); });
+  all_peers_.push_back(peer);
   peers_[endpoint] = peer;
   spdlog::info("NCCL KV transport: connected to decode worker {}", endpoint);
   return peer;
@@ -512,7 +529,6 @@ void NcclKvTransport::FailPeer(const std::shared_ptr<Peer>& failed, const Status
   }
   auto p = peers_.find(peer.endpoint);
   if (p != peers_.end() && p->second == failed) peers_.erase(p);
-  retired_peers_.push_back(failed);  // its reader thread is joined at Shutdown
   transfer_done_.notify_all();
 }
 
@@ -717,8 +733,12 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
       ncclResult_t state = ncclSuccess;
       TANDEM_RETURN_IF_ERROR(NcclStatus(ncclCommGetAsyncError(comm, &state), "ncclCommGetAsyncError"));
       if (state != ncclSuccess && state != ncclInProgress) return NcclStatus(state, "asynchronous error");
-      // Control frames; short polls while receives are in flight.
-      if (!Readable(fd, by_id.empty() ? Millis(50) : Millis(1))) continue;
+      // Control frames: block up to 50 ms when idle; while receives are in flight, look without
+      // waiting and nap briefly so the event polls above stay fine-grained.
+      if (!Readable(fd, by_id.empty() ? Millis(50) : Millis(0))) {
+        if (!by_id.empty()) std::this_thread::sleep_for(std::chrono::microseconds(20));
+        continue;
+      }
       TANDEM_ASSIGN_OR_RETURN(auto frame, ReadFrame(fd, timeout));
       net::PayloadReader fr(frame.second);
       if (frame.first == Frame::kBatch) {
@@ -798,12 +818,12 @@ void NcclKvTransport::Shutdown() {
   }
   for (auto& c : connections) c->thread.join();
   for (auto& peer : peers) FailPeer(peer, UnavailableError("the prefill worker is shutting down"));
-  std::vector<std::shared_ptr<Peer>> retired;
+  std::vector<std::shared_ptr<Peer>> all;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    retired.swap(retired_peers_);
+    all.swap(all_peers_);  // no Connect adds one after shut_down_
   }
-  for (auto& peer : retired) {
+  for (auto& peer : all) {
     if (peer->reader.joinable()) peer->reader.join();
     std::lock_guard<std::mutex> lock(peer->nccl_mu);
     if (peer->stream != nullptr) (void)cudaStreamDestroy(peer->stream);

@@ -122,7 +122,7 @@ class NcclKvTransport final : public KvTransport, public KvStreamer {
   std::unordered_map<std::string, std::shared_ptr<Peer>> peers_;       // GUARDED_BY(mu_), by endpoint
   std::unordered_map<std::string, std::shared_ptr<Peer>> routes_;      // GUARDED_BY(mu_), by request
   std::unordered_map<std::string, std::shared_ptr<Outgoing>> outgoing_;  // GUARDED_BY(mu_), by request
-  std::vector<std::shared_ptr<Peer>> retired_peers_;  // GUARDED_BY(mu_): failed, reader joined at Shutdown
+  std::vector<std::shared_ptr<Peer>> all_peers_;  // GUARDED_BY(mu_): every connected peer (readers joined at Shutdown)
   std::mutex connect_mu_;                                              // one Connect at a time
   std::vector<std::shared_ptr<Outgoing>> begun_;                       // engine thread only
   bool batch_announced_ = false;                                       // engine thread only
