@@ -37,10 +37,12 @@ build=${TANDEM_GPU_BUILD_DIR:-build-gpu}  # any build dir configured like the on
 if [ "${1:-}" != "--device" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DTANDEM_CUDA_ARCHS=90 \
     -DTANDEM_NATIVE=OFF -DTANDEM_WERROR="${TANDEM_WERROR:-OFF}" -DTANDEM_BUILD_BENCHMARKS=ON >/dev/null
-  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench disagg_bench offline_bench
+  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench disagg_bench offline_bench \
+    tandem_grpc_client
   rm -rf "$bundle"
   mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/testdata/models"
-  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$build"/disagg_bench "$build"/offline_bench "$bundle/bin/"
+  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$build"/disagg_bench "$build"/offline_bench \
+    "$build"/tests/tandem_grpc_client "$bundle/bin/"
   strip "$bundle"/bin/*
   # Shared libraries the device image may lack: everything but the C/C++ runtime and CUDA's own
   # (the device has those in /usr/local/cuda/lib64).
@@ -54,7 +56,7 @@ if [ "${1:-}" != "--device" ]; then
     done
   testdata=$(sed -n 's/^TANDEM_TESTDATA_DIR:PATH=//p' "$build"/CMakeCache.txt)
   cp -r "$testdata"/models/tiny-llama "$testdata"/models/tiny-llama31 "$bundle/testdata/models/"
-  mkdir -p "$bundle/configs" && cp configs/models/llama-3.1-8b.json "$bundle/configs/"
+  mkdir -p "$bundle/configs" && cp configs/models/llama-3.1-8b.json configs/gpu-*.yaml "$bundle/configs/"
   cp benchmarks/gpu/hf_generate_bench.py "$bundle/bin/"
   cp scripts/gpu-run.sh "$bundle/gpu-run.sh"
   du -sh "$bundle"
@@ -121,6 +123,34 @@ cat "$OUT"/generate_*.json >>"$OUT/generate.log" 2>/dev/null || true
 rm -f "$OUT"/generate_*.json
 
 if [ "$run_disagg" = 1 ]; then
+  # The real deployments, one after the other: `tandem serve` colocated on GPU 0, then 1P+1D over
+  # NCCL (prefill GPU 0, decode GPU 1), driven over gRPC; greedy tokens must be equal.
+  for cfg in gpu-colocated gpu-disagg; do
+    echo "== tandem serve --config $cfg.yaml (tiny-llama31)"
+    "$bin/tandem" serve --config "$bundle/configs/$cfg.yaml" --model "$TANDEM_TESTDATA_DIR/models/tiny-llama31" \
+      --listen 127.0.0.1:50077 >"$OUT/serve_$cfg.log" 2>&1 &
+    serve_pid=$!
+    "$bin/tandem_grpc_client" --server 127.0.0.1:50077 --prompts 12 --max-tokens 24 \
+      >"$OUT/client_$cfg.jsonl" 2>>"$OUT/serve_$cfg.log" || status=1
+    "$bin/tandem_grpc_client" --server 127.0.0.1:50077 --prompts 96 --max-tokens 24 --concurrency 64 \
+      >"$OUT/client_${cfg}_c64.jsonl" 2>>"$OUT/serve_$cfg.log" || status=1
+    kill -TERM "$serve_pid"; wait "$serve_pid" || true
+    grep -c '"status": "OK"' "$OUT/client_$cfg.jsonl" "$OUT/client_${cfg}_c64.jsonl" || true
+  done
+  python3 - "$OUT" <<'PY' | tee "$OUT/serve_compare.txt" || status=1
+import json, sys
+out = sys.argv[1]
+load = lambda name: [json.loads(l) for l in open(f"{out}/{name}.jsonl") if l.startswith("{")]
+a, b = load("client_gpu-colocated"), load("client_gpu-disagg")
+same = sum(x["tokens"] == y["tokens"] for x, y in zip(a, b))
+print(f"serve: {same}/{len(a)} prompts with equal greedy tokens (colocated vs 1P+1D over NCCL, sequential)")
+c = load("client_gpu-disagg_c64")
+print(f"serve: 1P+1D, 64 concurrent streams: {sum(r['status'] == 'OK' for r in c)}/{len(c)} OK; "
+      f"median ttft {sorted(r['ttft_ms'] for r in c)[len(c) // 2]:.1f} ms, "
+      f"median transfer {sorted(r['transfer_ms'] for r in c)[len(c) // 2]:.2f} ms")
+sys.exit(0 if same == len(a) == len(b) > 0 else 1)
+PY
+
   echo "== disagg_bench (llama-3.1-8b shape, dummy weights, 1P+1D over NCCL, 2048-token prompts)"
   "$bin/disagg_bench" --config "$bundle/configs/llama-3.1-8b.json" --prompt-tokens 2048 2>&1 |
     tee "$OUT/disagg_bench.log" || status=1
@@ -166,6 +196,7 @@ fi
   grep -E '^\{' "$OUT/generate.log" || tail -n 5 "$OUT/generate.log"
   if [ -f "$OUT/bench.log" ]; then echo; sed -n '/^# gpu_engine_bench/,$p' "$OUT/bench.log"; fi
   if [ -f "$OUT/disagg_bench.log" ]; then echo; sed -n '/^# disagg_bench/,$p' "$OUT/disagg_bench.log"; fi
+  if [ -f "$OUT/serve_compare.txt" ]; then echo; cat "$OUT/serve_compare.txt"; fi
   for f in offline e2e_tandem e2e_hf; do
     if [ -f "$OUT/$f.log" ]; then echo; grep -E '^(#|\|)' "$OUT/$f.log"; fi
   done
