@@ -2,8 +2,10 @@
 // tandem.v1.Worker service (the router's control plane) and, on decode workers, a KV receiver.
 //
 //   tandem worker --role prefill|decode --config configs/cpu-disagg.yaml [--listen ADDR]
-//                 [--kv-listen ADDR] [--model PATH] [--ready-fd N]
+//                 [--kv-listen ADDR] [--model PATH] [--index N] [--ready-fd N]
 //
+// --index: which worker of its pool this is, for the config's per-worker engine overrides
+// (disaggregated.prefill_engine / decode_engine); without it the engine section applies as is.
 // --ready-fd: once serving, writes "ADDR\n" (the bound gRPC address) to that file descriptor and
 // closes it (how `tandem serve` learns where its children listen). SIGTERM/SIGINT: stops taking
 // requests, aborts live ones after server.shutdown_grace_s, exits 0.
@@ -31,6 +33,7 @@ struct WorkerFlags {
   std::string kv_listen;  // default: the listen host, any port
   std::string model;
   std::string log_level;
+  int index = -1;
   int ready_fd = -1;
 };
 
@@ -47,6 +50,7 @@ int Run(const WorkerFlags& flags) {
     std::cerr << "error: " << config.status().ToString() << "\n";
     return 2;
   }
+  config->base = WorkerDeploymentConfig(*config, *role, flags.index);
   DeploymentConfig& base = config->base;
   if (!flags.model.empty()) base.model.path = flags.model;
   if (!flags.log_level.empty()) base.log_level = flags.log_level;
@@ -151,6 +155,7 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--kv-listen", flags->kv_listen, "decode: host:port of the KV receiver (default: --listen's host, any port)");
   cmd->add_option("--model", flags->model, "Model path; overrides model.path");
   cmd->add_option("--log-level", flags->log_level, "overrides log_level");
+  cmd->add_option("--index", flags->index, "This worker's index in its pool (per-worker engine overrides)");
   cmd->add_option("--ready-fd", flags->ready_fd, "Write the bound address to this fd once serving");
   cmd->callback([flags, exit_code] { *exit_code = Run(*flags); });
 }
