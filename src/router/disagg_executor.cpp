@@ -47,6 +47,7 @@ struct DisaggExecutor::Flight {
   size_t prefill_index = 0;
   size_t decode_index = 0;
   std::string kv_endpoint;  // the decode reservation's
+  uint64_t admission_id = 0;
   // One context per call attempt during admission; fixed once the flight is registered.
   std::unique_ptr<grpc::ClientContext> prefill_context;
   std::unique_ptr<grpc::ClientContext> decode_context;
@@ -111,6 +112,21 @@ void DisaggExecutor::MarkDown(Worker& worker, const std::string& role, const std
   }
 }
 
+void DisaggExecutor::Retire(Worker& worker, uint64_t admission_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = worker.live.begin(); it != worker.live.end(); ++it) {
+    if (it->id != admission_id) continue;
+    // The latest answer counted it as queued (admitted before its round began) but it is done;
+    // a poll out now may count it too.
+    if (it->poll_round < worker.answered_round) worker.finished_prompt_tokens += it->prompt_tokens;
+    if (worker.answered_round < poll_round_ && it->poll_round < poll_round_) {
+      worker.finished_next_round += it->prompt_tokens;
+    }
+    worker.live.erase(it);
+    return;
+  }
+}
+
 void DisaggExecutor::MarkUp(Worker& worker, const std::string& role) {
   if (!worker.up.exchange(true)) {
     spdlog::info("router: {} worker {} answers again; routing to it", role, worker.address);
@@ -127,8 +143,11 @@ DisaggExecutor::Route DisaggExecutor::PlanRoute(std::span<const uint64_t> block_
     const Worker& w = *prefill_[i];
     PrefillLoad& load = prefill[i];
     load.up = w.up.load();
-    load.num_queued_prompt_tokens = w.stats.stats().num_queued_prompt_tokens();
-    for (const Admission& a : w.since_poll) load.num_queued_prompt_tokens += a.prompt_tokens;
+    load.num_queued_prompt_tokens =
+        std::max<int64_t>(w.stats.stats().num_queued_prompt_tokens() - w.finished_prompt_tokens, 0);
+    for (const Admission& a : w.live) {
+      if (a.poll_round >= w.answered_round) load.num_queued_prompt_tokens += a.uncached_tokens;
+    }
     load.prefill_tokens_per_s = w.stats.stats().prefill_tokens_per_s();
     load.num_uncached_tokens = num_prompt_tokens - w.affinity->CachedTokens(block_hashes, num_prompt_tokens);
     load.num_in_flight = w.in_flight.load();
@@ -144,7 +163,7 @@ DisaggExecutor::Route DisaggExecutor::PlanRoute(std::span<const uint64_t> block_
     load.up = w.up.load();
     load.num_available_blocks = s.kv_blocks().free() + s.kv_blocks().cached();
     load.batch_load = s.num_running() + s.num_waiting() + w.stats.num_transferring();
-    for (const Admission& a : w.since_poll) {
+    for (const Admission& a : w.live) {
       load.num_available_blocks -= a.kv_blocks;
       ++load.batch_load;
     }
@@ -288,8 +307,10 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
     ++num_picks_;
     prefill.last_pick = decode.last_pick = num_picks_;
     prefill.affinity->Insert(block_hashes);
-    prefill.since_poll.push_back({poll_round_, route.uncached_tokens[flight->prefill_index], 0});
-    decode.since_poll.push_back({poll_round_, 0, demand.whole_blocks});
+    flight->admission_id = num_picks_;
+    prefill.live.push_back({num_picks_, poll_round_, num_prompt_tokens,
+                            route.uncached_tokens[flight->prefill_index], 0});
+    decode.live.push_back({num_picks_, poll_round_, 0, 0, demand.whole_blocks});
   }
   ++decode.in_flight;
   ++prefill.in_flight;
@@ -327,6 +348,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   v1::WorkerOutput msg;
   while (!handed_off && !finished && flight->prefill->Read(&msg)) {
     RequestOutput out = OutputFromWorkerProto(id, msg);
+    if (!out.new_tokens.empty() || msg.finished()) Retire(prefill, flight->admission_id);  // prefilled
     queue_ms = msg.queue_ms();
     handed_off = msg.handed_off();
     if (handed_off) transfer_ms = msg.transfer_ms();
@@ -340,6 +362,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   }
   const grpc::Status prefill_status = flight->prefill->Finish();
   --prefill.in_flight;
+  Retire(prefill, flight->admission_id);
   if (!handed_off) {
     flight->decode_context->TryCancel();
     Drain(*flight->decode);
@@ -365,6 +388,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
     if (!got_final) fail(FromGrpc(decode_status, "decode worker " + decode.address));
   }
   --decode.in_flight;
+  Retire(decode, flight->admission_id);
   std::lock_guard<std::mutex> lock(mu_);
   flights_.erase(id);
   --num_threads_;
@@ -438,8 +462,14 @@ void DisaggExecutor::PollStats() {
           std::lock_guard<std::mutex> lock(mu_);
           worker->stats = std::move(response);
           // Admitted before this round began: counted in these stats.
-          auto& pending = worker->since_poll;
-          while (!pending.empty() && pending.front().poll_round < round) pending.pop_front();
+          worker->answered_round = round;
+          worker->finished_prompt_tokens = worker->finished_next_round;
+          worker->finished_next_round = 0;
+          if (worker->affinity == nullptr) {
+            // Decode: admitted before this round began, so counted in these stats.
+            auto& live = worker->live;
+            while (!live.empty() && live.front().poll_round < round) live.pop_front();
+          }
         });
       }
     }

@@ -82,10 +82,12 @@ class DisaggExecutor final : public Executor {
   void Shutdown();
 
  private:
-  // An admission of this router that the worker's latest stats may not count yet.
+  // One of this router's requests on a worker, as its load view tracks it.
   struct Admission {
+    uint64_t id = 0;             // num_picks_ when admitted
     uint64_t poll_round = 0;     // poll_round_ when admitted: polls of later rounds count it
-    int64_t prompt_tokens = 0;   // prefill: the uncached tokens it was routed with
+    int64_t prompt_tokens = 0;   // prefill: the whole prompt (as the worker counts its queue)
+    int64_t uncached_tokens = 0; // prefill: what it was routed with (PrefixAffinity's estimate)
     int64_t kv_blocks = 0;       // decode: the blocks of prompt + max_tokens
   };
   struct Worker {
@@ -93,9 +95,16 @@ class DisaggExecutor final : public Executor {
     std::unique_ptr<v1::Worker::Stub> stub;
     std::atomic<int32_t> in_flight{0};
     std::atomic<bool> up{true};  // see "Worker health" above
-    // The router's view, GUARDED_BY(DisaggExecutor::mu_):
+    // The router's view, GUARDED_BY(DisaggExecutor::mu_). The load it routes on is the latest
+    // poll's answer corrected by what this router did since: prefill workers, queued prompt tokens
+    // = reported - prompts that report counted and that finished prefilling since + the uncached
+    // tokens of this router's requests still prefilling that it did not count; decode workers, the
+    // reported free blocks and batch less this router's live admissions that it did not count.
     v1::WorkerStats stats;                     // latest poll's answer
-    std::deque<Admission> since_poll;          // admitted since the poll that answered last began
+    uint64_t answered_round = 0;               // the poll round that answered it
+    std::deque<Admission> live;                // prefill: still prefilling; decode: not yet counted
+    int64_t finished_prompt_tokens = 0;        // prefill: counted by `stats`, done since
+    int64_t finished_next_round = 0;           // prefill: done while a poll was out (it may count them)
     std::unique_ptr<PrefixAffinity> affinity;  // prefill workers
     uint64_t last_pick = 0;                    // num_picks_ when last picked
   };
@@ -118,6 +127,9 @@ class DisaggExecutor final : public Executor {
   Status StartPrefill(const v1::WorkerRequest& proto, const std::vector<size_t>& order, Flight& flight);
   // Logs a change of a worker's health; a prefill worker that goes down loses its affinity memory.
   void MarkDown(Worker& worker, const std::string& role, const std::string& why);
+  // The request with this admission id left the worker's queue (prefill: its prefill ended;
+  // decode: it ended).
+  void Retire(Worker& worker, uint64_t admission_id);
   static void MarkUp(Worker& worker, const std::string& role);
 
   DisaggExecutorOptions options_;                    // Constant after Create
