@@ -108,23 +108,14 @@ void DisaggExecutor::MarkDown(Worker& worker, const std::string& role, const std
                  worker.address, why);
     // Back, it is a new process with an empty prefix cache.
     std::lock_guard<std::mutex> lock(mu_);
+    worker.load.Reset();
     if (worker.affinity) worker.affinity->Clear();
   }
 }
 
 void DisaggExecutor::Retire(Worker& worker, uint64_t admission_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto it = worker.live.begin(); it != worker.live.end(); ++it) {
-    if (it->id != admission_id) continue;
-    // The latest answer counted it as queued (admitted before its round began) but it is done;
-    // a poll out now may count it too.
-    if (it->poll_round < worker.answered_round) worker.finished_prompt_tokens += it->prompt_tokens;
-    if (worker.answered_round < poll_round_ && it->poll_round < poll_round_) {
-      worker.finished_next_round += it->prompt_tokens;
-    }
-    worker.live.erase(it);
-    return;
-  }
+  worker.load.Retire(admission_id, poll_round_);
 }
 
 void DisaggExecutor::MarkUp(Worker& worker, const std::string& role) {
@@ -143,12 +134,8 @@ DisaggExecutor::Route DisaggExecutor::PlanRoute(std::span<const uint64_t> block_
     const Worker& w = *prefill_[i];
     PrefillLoad& load = prefill[i];
     load.up = w.up.load();
-    load.num_queued_prompt_tokens =
-        std::max<int64_t>(w.stats.stats().num_queued_prompt_tokens() - w.finished_prompt_tokens, 0);
-    for (const Admission& a : w.live) {
-      if (a.poll_round >= w.answered_round) load.num_queued_prompt_tokens += a.uncached_tokens;
-    }
-    load.prefill_tokens_per_s = w.stats.stats().prefill_tokens_per_s();
+    load.num_queued_prompt_tokens = w.load.QueuedPromptTokens();
+    load.prefill_tokens_per_s = w.load.PrefillTokensPerS();
     load.num_uncached_tokens = num_prompt_tokens - w.affinity->CachedTokens(block_hashes, num_prompt_tokens);
     load.num_in_flight = w.in_flight.load();
     load.last_pick = w.last_pick;
@@ -158,15 +145,10 @@ DisaggExecutor::Route DisaggExecutor::PlanRoute(std::span<const uint64_t> block_
   std::vector<DecodeLoad> decode(decode_.size());
   for (size_t i = 0; i < decode_.size(); ++i) {
     const Worker& w = *decode_[i];
-    const v1::GetStatsResponse& s = w.stats.stats();
     DecodeLoad& load = decode[i];
     load.up = w.up.load();
-    load.num_available_blocks = s.kv_blocks().free() + s.kv_blocks().cached();
-    load.batch_load = s.num_running() + s.num_waiting() + w.stats.num_transferring();
-    for (const Admission& a : w.live) {
-      load.num_available_blocks -= a.kv_blocks;
-      ++load.batch_load;
-    }
+    load.num_available_blocks = w.load.AvailableBlocks();
+    load.batch_load = w.load.BatchLoad();
     load.last_pick = w.last_pick;
   }
   route.decode_order = RankDecodeWorkers(decode, demand);
@@ -308,9 +290,9 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
     prefill.last_pick = decode.last_pick = num_picks_;
     prefill.affinity->Insert(block_hashes);
     flight->admission_id = num_picks_;
-    prefill.live.push_back({num_picks_, poll_round_, num_prompt_tokens,
-                            route.uncached_tokens[flight->prefill_index], 0});
-    decode.live.push_back({num_picks_, poll_round_, 0, 0, demand.whole_blocks});
+    const int64_t uncached = route.uncached_tokens[flight->prefill_index];
+    prefill.load.Admit({num_picks_, poll_round_, num_prompt_tokens, uncached, 0});
+    decode.load.Admit({num_picks_, poll_round_, num_prompt_tokens, 0, demand.whole_blocks});
   }
   ++decode.in_flight;
   ++prefill.in_flight;
@@ -460,16 +442,14 @@ void DisaggExecutor::PollStats() {
           }
           MarkUp(*worker, role);
           std::lock_guard<std::mutex> lock(mu_);
+          WorkerLoadView::Report report;
+          const v1::GetStatsResponse& stats = response.stats();
+          report.queued_prompt_tokens = stats.num_queued_prompt_tokens();
+          report.prefill_tokens_per_s = stats.prefill_tokens_per_s();
+          report.available_blocks = stats.kv_blocks().free() + stats.kv_blocks().cached();
+          report.batch = stats.num_running() + stats.num_waiting() + response.num_transferring();
+          worker->load.Answer(round, report);
           worker->stats = std::move(response);
-          // Admitted before this round began: counted in these stats.
-          worker->answered_round = round;
-          worker->finished_prompt_tokens = worker->finished_next_round;
-          worker->finished_next_round = 0;
-          if (worker->affinity == nullptr) {
-            // Decode: admitted before this round began, so counted in these stats.
-            auto& live = worker->live;
-            while (!live.empty() && live.front().poll_round < round) live.pop_front();
-          }
         });
       }
     }

@@ -35,7 +35,6 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -46,6 +45,7 @@
 #include <vector>
 
 #include "router/executor.h"
+#include "router/worker_load_view.h"
 #include "router/worker_picker.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
@@ -82,29 +82,14 @@ class DisaggExecutor final : public Executor {
   void Shutdown();
 
  private:
-  // One of this router's requests on a worker, as its load view tracks it.
-  struct Admission {
-    uint64_t id = 0;             // num_picks_ when admitted
-    uint64_t poll_round = 0;     // poll_round_ when admitted: polls of later rounds count it
-    int64_t prompt_tokens = 0;   // prefill: the whole prompt (as the worker counts its queue)
-    int64_t uncached_tokens = 0; // prefill: what it was routed with (PrefixAffinity's estimate)
-    int64_t kv_blocks = 0;       // decode: the blocks of prompt + max_tokens
-  };
   struct Worker {
     std::string address;
     std::unique_ptr<v1::Worker::Stub> stub;
     std::atomic<int32_t> in_flight{0};
     std::atomic<bool> up{true};  // see "Worker health" above
-    // The router's view, GUARDED_BY(DisaggExecutor::mu_). The load it routes on is the latest
-    // poll's answer corrected by what this router did since: prefill workers, queued prompt tokens
-    // = reported - prompts that report counted and that finished prefilling since + the uncached
-    // tokens of this router's requests still prefilling that it did not count; decode workers, the
-    // reported free blocks and batch less this router's live admissions that it did not count.
+    // The router's view, GUARDED_BY(DisaggExecutor::mu_):
     v1::WorkerStats stats;                     // latest poll's answer
-    uint64_t answered_round = 0;               // the poll round that answered it
-    std::deque<Admission> live;                // prefill: still prefilling; decode: not yet counted
-    int64_t finished_prompt_tokens = 0;        // prefill: counted by `stats`, done since
-    int64_t finished_next_round = 0;           // prefill: done while a poll was out (it may count them)
+    WorkerLoadView load;                       // that answer, corrected by this router's requests
     std::unique_ptr<PrefixAffinity> affinity;  // prefill workers
     uint64_t last_pick = 0;                    // num_picks_ when last picked
   };
@@ -125,10 +110,11 @@ class DisaggExecutor final : public Executor {
   // Admission on one pool, trying workers in `order`: OK sets the flight's call and index.
   Status ReserveDecode(const v1::WorkerRequest& proto, const std::vector<size_t>& order, Flight& flight);
   Status StartPrefill(const v1::WorkerRequest& proto, const std::vector<size_t>& order, Flight& flight);
-  // Logs a change of a worker's health; a prefill worker that goes down loses its affinity memory.
+  // Logs a change of a worker's health; a worker that goes down loses its load view (and a prefill
+  // worker its affinity memory): back, it is a new process.
   void MarkDown(Worker& worker, const std::string& role, const std::string& why);
   // The request with this admission id left the worker's queue (prefill: its prefill ended;
-  // decode: it ended).
+  // decode: it ended); see WorkerLoadView.
   void Retire(Worker& worker, uint64_t admission_id);
   static void MarkUp(Worker& worker, const std::string& role);
 
