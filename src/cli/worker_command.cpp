@@ -2,13 +2,14 @@
 // tandem.v1.Worker service (the router's control plane) and, on decode workers, a KV receiver.
 //
 //   tandem worker --role prefill|decode --config configs/cpu-disagg.yaml [--listen ADDR]
-//                 [--kv-listen ADDR] [--model PATH] [--index N] [--ready-fd N]
+//                 [--kv-listen ADDR] [--model PATH] [--ready-fd N]
 //
-// --index: which worker of its pool this is, for the config's per-worker engine overrides
-// (disaggregated.prefill_engine / decode_engine); without it the engine section applies as is.
 // --ready-fd: once serving, writes "ADDR\n" (the bound gRPC address) to that file descriptor and
 // closes it (how `tandem serve` learns where its children listen). SIGTERM/SIGINT: stops taking
 // requests, aborts live ones after server.shutdown_grace_s, exits 0.
+//
+// --index N: which worker of its pool this is, for the config's per-worker engine overrides
+// (disaggregated.prefill_engine / decode_engine); without it the engine section applies as is.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -28,12 +29,12 @@ namespace {
 
 struct WorkerFlags {
   std::string role;
+  int index = -1;  // in its pool; -1: no per-worker overrides
   std::string config;
   std::string listen = "127.0.0.1:0";
   std::string kv_listen;  // default: the listen host, any port
   std::string model;
   std::string log_level;
-  int index = -1;
   int ready_fd = -1;
 };
 
@@ -148,6 +149,7 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<WorkerFlags>();
   auto* cmd = app.add_subcommand("worker", "Run one prefill or decode worker of a disaggregated deployment");
   cmd->add_option("--role", flags->role, "prefill or decode")->required();
+  cmd->add_option("--index", flags->index, "This worker's index in its pool (per-worker engine overrides)");
   cmd->add_option("--config", flags->config, "Deployment config (YAML), e.g. configs/cpu-disagg.yaml")
       ->required();
   cmd->add_option("--listen", flags->listen, "host:port of the Worker service (port 0: any)")
@@ -155,7 +157,6 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--kv-listen", flags->kv_listen, "decode: host:port of the KV receiver (default: --listen's host, any port)");
   cmd->add_option("--model", flags->model, "Model path; overrides model.path");
   cmd->add_option("--log-level", flags->log_level, "overrides log_level");
-  cmd->add_option("--index", flags->index, "This worker's index in its pool (per-worker engine overrides)");
   cmd->add_option("--ready-fd", flags->ready_fd, "Write the bound address to this fd once serving");
   cmd->callback([flags, exit_code] { *exit_code = Run(*flags); });
 }

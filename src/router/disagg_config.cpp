@@ -4,8 +4,8 @@
 
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <tuple>
+#include <sstream>
 
 namespace tandem {
 namespace {
@@ -91,15 +91,15 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
   if (section) {
     if (!section.IsMap()) return InvalidArgumentError(path.string() + ": disaggregated must be a map");
     DisaggSection& d = config.disagg;
+    const std::set<std::string> routing_keys = {"stats_interval_ms", "prefill_engine", "decode_engine"};
     const std::set<std::string> known = {"prefill_workers", "decode_workers", "worker_host",
                                          "kv_transport", "kv_connect_timeout_ms", "kv_io_timeout_ms",
                                          "worker_start_timeout_s", "restart_workers",
-                                         "restart_backoff_s", "restart_backoff_max_s",
-                                         "stats_interval_ms", "prefill_engine", "decode_engine"};
+                                         "restart_backoff_s", "restart_backoff_max_s"};
     try {
       for (const auto& kv : section) {
         const std::string key = kv.first.as<std::string>();
-        if (known.count(key) == 0) {
+        if (known.count(key) == 0 && routing_keys.count(key) == 0) {
           return InvalidArgumentError(path.string() + ": unknown key disaggregated." + key);
         }
       }

@@ -35,23 +35,6 @@ TEST(DisaggConfigTest, ShippedConfigsParseWithTheirPoolSizes) {
   }
 }
 
-TEST(DisaggConfigTest, RestartKeysAreReadAndChecked) {
-  auto config = LoadText("tandem_disagg_restart.yaml", std::string(kHead) + R"(
-disaggregated: {restart_workers: false, restart_backoff_s: 0.25, restart_backoff_max_s: 4}
-)");
-  ASSERT_TRUE(config.ok()) << config.status().ToString();
-  EXPECT_FALSE(config->disagg.restart_workers);
-  EXPECT_EQ(config->disagg.restart_backoff_s, 0.25);
-  EXPECT_EQ(config->disagg.restart_backoff_max_s, 4);
-
-  auto bad = LoadText("tandem_disagg_bad.yaml", std::string(kHead) + R"(
-disaggregated: {restart_backoff_s: 5, restart_backoff_max_s: 1}
-)");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(bad.status().message().find("restart_backoff"), std::string::npos) << bad.status().message();
-}
-
 TEST(DisaggConfigTest, PerWorkerEngineOverridesApplyByIndex) {
   auto config = LoadText("tandem_disagg_overrides.yaml", std::string(kHead) + R"(
 engine: {block_size: 16, num_kv_blocks: 256, max_num_seqs: 8}
@@ -90,6 +73,23 @@ TEST(DisaggConfigTest, BadOverridesNameTheirEntry) {
     EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << yaml;
     EXPECT_NE(bad.status().message().find(needle), std::string::npos) << bad.status().message();
   }
+}
+
+TEST(DisaggConfigTest, RestartKeysAreReadAndChecked) {
+  auto config = LoadText("tandem_disagg_restart.yaml", std::string(kHead) + R"(
+disaggregated: {restart_workers: false, restart_backoff_s: 0.25, restart_backoff_max_s: 4}
+)");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_FALSE(config->disagg.restart_workers);
+  EXPECT_EQ(config->disagg.restart_backoff_s, 0.25);
+  EXPECT_EQ(config->disagg.restart_backoff_max_s, 4);
+
+  auto bad = LoadText("tandem_disagg_bad.yaml", std::string(kHead) + R"(
+disaggregated: {restart_backoff_s: 5, restart_backoff_max_s: 1}
+)");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("restart_backoff"), std::string::npos) << bad.status().message();
 }
 
 }  // namespace
