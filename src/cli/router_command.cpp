@@ -53,6 +53,7 @@ int Run(const RouterFlags& flags) {
   options.prefill_workers = flags.prefill;
   options.decode_workers = flags.decode;
   options.max_in_flight = base.server.max_live_requests;
+  options.stats_interval = std::chrono::milliseconds(config->disagg.stats_interval_ms);
   auto executor = DisaggExecutor::Create(options);
   if (!executor.ok()) {
     spdlog::error("router: {}", executor.status().ToString());

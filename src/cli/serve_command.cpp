@@ -173,8 +173,8 @@ int RunDisaggregated(const ServeFlags& flags, const DisaggDeploymentConfig& conf
   for (const auto& [role, count] : {std::pair<std::string, int>("prefill", config.disagg.prefill_workers),
                                     std::pair<std::string, int>("decode", config.disagg.decode_workers)}) {
     for (int i = 0; i < count; ++i) {
-      std::vector<std::string> args = {"worker", "--role", role, "--listen",
-                                       config.disagg.worker_host + ":0"};
+      std::vector<std::string> args = {"worker", "--role", role, "--index", std::to_string(i),
+                                       "--listen", config.disagg.worker_host + ":0"};
       args.insert(args.end(), common.begin(), common.end());
       const auto& devices = role == "prefill" ? config.disagg.prefill_devices : config.disagg.decode_devices;
       if (!devices.empty()) args.insert(args.end(), {"--device", std::to_string(devices[static_cast<size_t>(i)])});

@@ -10,6 +10,9 @@
 // --ready-fd: once serving, writes "ADDR\n" (the bound gRPC address) to that file descriptor and
 // closes it (how `tandem serve` learns where its children listen). SIGTERM/SIGINT: stops taking
 // requests, aborts live ones after server.shutdown_grace_s, exits 0.
+//
+// --index N: which worker of its pool this is, for the config's per-worker engine overrides
+// (disaggregated.prefill_engine / decode_engine); without it the engine section applies as is.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -32,6 +35,7 @@ namespace {
 
 struct WorkerFlags {
   std::string role;
+  int index = -1;  // in its pool; -1: no per-worker overrides
   std::string config;
   std::string listen = "127.0.0.1:0";
   std::string kv_listen;  // default: the listen host, any port
@@ -78,6 +82,7 @@ int Run(const WorkerFlags& flags) {
     std::cerr << "error: " << config.status().ToString() << "\n";
     return 2;
   }
+  config->base = WorkerDeploymentConfig(*config, *role, flags.index);
   DeploymentConfig& base = config->base;
   if (!flags.model.empty()) base.model.path = flags.model;
   if (!flags.log_level.empty()) base.log_level = flags.log_level;
@@ -178,6 +183,7 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<WorkerFlags>();
   auto* cmd = app.add_subcommand("worker", "Run one prefill or decode worker of a disaggregated deployment");
   cmd->add_option("--role", flags->role, "prefill or decode")->required();
+  cmd->add_option("--index", flags->index, "This worker's index in its pool (per-worker engine overrides)");
   cmd->add_option("--config", flags->config, "Deployment config (YAML), e.g. configs/cpu-disagg.yaml")
       ->required();
   cmd->add_option("--listen", flags->listen, "host:port of the Worker service (port 0: any)")

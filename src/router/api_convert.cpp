@@ -122,6 +122,8 @@ void FillStats(const EngineLoopStats& stats, int32_t num_open_streams, v1::GetSt
   out->set_num_preemptions(stats.engine.num_preemptions);
   out->set_accepting(stats.accepting);
   out->set_num_open_streams(num_open_streams);
+  out->set_num_queued_prompt_tokens(stats.num_queued_prompt_tokens);
+  out->set_prefill_tokens_per_s(stats.prefill_tokens_per_s);
 }
 
 }  // namespace tandem

@@ -8,6 +8,60 @@
 #include <sstream>
 
 namespace tandem {
+namespace {
+
+// disaggregated.<key>: a list of engine-section overrides, one map per worker of the pool; each
+// entry is merged into the engine section and parsed like it.
+StatusOr<std::vector<DisaggSection::WorkerEngine>> ParseWorkerEngines(const YAML::Node& root,
+                                                                      const YAML::Node& list,
+                                                                      const std::string& key,
+                                                                      int32_t pool_size,
+                                                                      const std::filesystem::path& path) {
+  std::vector<DisaggSection::WorkerEngine> engines;
+  if (!list) return engines;
+  const std::string where = path.string() + ": disaggregated." + key;
+  if (!list.IsSequence()) {
+    return InvalidArgumentError(where + " must be a list of engine overrides, one per worker");
+  }
+  if (static_cast<int64_t>(list.size()) > pool_size) {
+    return InvalidArgumentError(where + " has " + std::to_string(list.size()) + " entries for " +
+                                std::to_string(pool_size) + " workers");
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string entry = where + "[" + std::to_string(i) + "]";
+    if (!list[i].IsMap() && !list[i].IsNull()) return InvalidArgumentError(entry + " must be a map");
+    YAML::Node merged = YAML::Clone(root);
+    if (!merged["engine"] || !merged["engine"].IsMap()) merged["engine"] = YAML::Node(YAML::NodeType::Map);
+    if (list[i].IsMap()) {
+      for (const auto& kv : list[i]) merged["engine"][kv.first.as<std::string>()] = kv.second;
+    }
+    std::stringstream text;
+    text << merged;
+    auto parsed = ParseDeploymentConfig(text.str(), path.parent_path());
+    if (!parsed.ok()) return parsed.status().WithContext(entry);
+    if (Status valid = parsed->engine.Validate(); !valid.ok()) return valid.WithContext(entry);
+    if (parsed->kv_cache_gib <= 0 && parsed->engine.num_kv_blocks == 0) {
+      return InvalidArgumentError(entry + ": engine.kv_cache_gib must be positive when "
+                                  "engine.num_kv_blocks is 0");
+    }
+    engines.push_back({parsed->engine, parsed->kv_cache_gib});
+  }
+  return engines;
+}
+
+}  // namespace
+
+DeploymentConfig WorkerDeploymentConfig(const DisaggDeploymentConfig& config, EngineRole role,
+                                        int32_t index) {
+  DeploymentConfig out = config.base;
+  const auto& engines = role == EngineRole::kPrefill ? config.disagg.prefill_engines
+                                                     : config.disagg.decode_engines;
+  if (index >= 0 && index < static_cast<int32_t>(engines.size())) {
+    out.engine = engines[static_cast<size_t>(index)].engine;
+    out.kv_cache_gib = engines[static_cast<size_t>(index)].kv_cache_gib;
+  }
+  return out;
+}
 
 StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesystem::path& path) {
   std::ifstream in(path);
@@ -38,6 +92,7 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
   if (has_section) {
     if (!section.IsMap()) return InvalidArgumentError(path.string() + ": disaggregated must be a map");
     DisaggSection& d = config.disagg;
+    const std::set<std::string> routing_keys = {"stats_interval_ms", "prefill_engine", "decode_engine"};
     const std::set<std::string> known = {"prefill_workers", "decode_workers", "worker_host",
                                          "kv_transport", "kv_connect_timeout_ms", "kv_io_timeout_ms",
                                          "worker_start_timeout_s", "restart_workers",
@@ -46,7 +101,7 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
     try {
       for (const auto& kv : section) {
         const std::string key = kv.first.as<std::string>();
-        if (known.count(key) == 0) {
+        if (known.count(key) == 0 && routing_keys.count(key) == 0) {
           return InvalidArgumentError(path.string() + ": unknown key disaggregated." + key);
         }
       }
@@ -63,6 +118,7 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
       if (section["restart_workers"]) d.restart_workers = section["restart_workers"].as<bool>();
       if (section["restart_backoff_s"]) d.restart_backoff_s = section["restart_backoff_s"].as<double>();
       if (section["restart_backoff_max_s"]) d.restart_backoff_max_s = section["restart_backoff_max_s"].as<double>();
+      if (section["stats_interval_ms"]) d.stats_interval_ms = section["stats_interval_ms"].as<int32_t>();
     } catch (const YAML::Exception& e) {
       return InvalidArgumentError(path.string() + ": disaggregated: " + e.what());
     }
@@ -96,6 +152,16 @@ StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesyste
     }
     if (d.kv_connect_timeout_ms < 1 || d.kv_io_timeout_ms < 1) {
       return InvalidArgumentError(path.string() + ": KV transfer timeouts must be positive");
+    }
+    if (d.stats_interval_ms < 1) {
+      return InvalidArgumentError(path.string() + ": disaggregated.stats_interval_ms must be positive");
+    }
+    for (const auto& [key, pool_size, engines] :
+         {std::tuple("prefill_engine", d.prefill_workers, &d.prefill_engines),
+          std::tuple("decode_engine", d.decode_workers, &d.decode_engines)}) {
+      auto parsed = ParseWorkerEngines(root, section[key], key, pool_size, path);
+      if (!parsed.ok()) return parsed.status();
+      *engines = std::move(parsed).value();
     }
   }
   std::stringstream rest;

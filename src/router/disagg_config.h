@@ -18,9 +18,13 @@
 //     restart_workers: true          # tandem serve restarts a worker that died, on its address,
 //     restart_backoff_s: 0.5         # after this delay, doubled for each restart in a row
 //     restart_backoff_max_s: 10      # up to this (a worker that ran 60 s resets the delay)
+//     stats_interval_ms: 200         # the router polls every worker's load this often (heartbeat)
+//     decode_engine:                 # optional, per worker (by index): engine keys that differ
+//       - {num_kv_blocks: 64}        #   decode worker 0 gets its own KV pool size
+//     prefill_engine: []             # the same for prefill workers
 //
 // The rest of the file (model, engine, server) means what it means for colocated serving; server
-// is the router's public endpoint; every worker runs the engine section.
+// is the router's public endpoint; every worker runs the engine section, with its overrides.
 #pragma once
 
 #include <chrono>
@@ -47,6 +51,15 @@ struct DisaggSection {
   bool restart_workers = true;
   double restart_backoff_s = 0.5;
   double restart_backoff_max_s = 10;
+  int32_t stats_interval_ms = 200;
+  // Per worker, by index (shorter than the pool: the rest run the engine section as it is): the
+  // engine section with that worker's overrides applied, validated.
+  struct WorkerEngine {
+    EngineConfig engine;
+    double kv_cache_gib = 0;
+  };
+  std::vector<WorkerEngine> prefill_engines;
+  std::vector<WorkerEngine> decode_engines;
 };
 
 struct DisaggDeploymentConfig {
@@ -57,5 +70,9 @@ struct DisaggDeploymentConfig {
 
 // InvalidArgument names the offending key; NotFound when the file cannot be read.
 StatusOr<DisaggDeploymentConfig> LoadDisaggDeploymentConfig(const std::filesystem::path& path);
+
+// What worker `index` of the `role` pool runs: config.base with that worker's engine overrides.
+DeploymentConfig WorkerDeploymentConfig(const DisaggDeploymentConfig& config, EngineRole role,
+                                        int32_t index);
 
 }  // namespace tandem

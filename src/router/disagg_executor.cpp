@@ -46,9 +46,12 @@ struct DisaggExecutor::Flight {
   OutputCallback on_output;
   size_t prefill_index = 0;
   size_t decode_index = 0;
-  grpc::ClientContext prefill_context;
-  grpc::ClientContext decode_context;
-  std::unique_ptr<grpc::ClientReader<v1::WorkerOutput>> prefill;
+  std::string kv_endpoint;  // the decode reservation's
+  uint64_t admission_id = 0;
+  // One context per call attempt during admission; fixed once the flight is registered.
+  std::unique_ptr<grpc::ClientContext> prefill_context;
+  std::unique_ptr<grpc::ClientContext> decode_context;
+  std::unique_ptr<grpc::ClientReader<v1::WorkerOutput>> prefill;  // after its context: destroyed first
   std::unique_ptr<grpc::ClientReader<v1::WorkerOutput>> decode;
   std::atomic<bool> cancelled{false};
 };
@@ -84,11 +87,15 @@ StatusOr<std::unique_ptr<DisaggExecutor>> DisaggExecutor::Create(DisaggExecutorO
       }
       block_size = info.block_size();
       if (std::string(role) == "decode" && executor->info_.role().empty()) executor->info_ = info;
+      if (std::string(role) == "prefill") {
+        const int32_t capacity = options.affinity_blocks > 0 ? options.affinity_blocks : info.num_kv_blocks();
+        worker->affinity = std::make_unique<PrefixAffinity>(info.block_size(),
+                                                            static_cast<size_t>(std::max(capacity, 0)));
+      }
       pool->push_back(std::move(worker));
     }
   }
-  executor->prefill_stats_.resize(executor->prefill_.size());
-  executor->decode_stats_.resize(executor->decode_.size());
+  executor->block_size_ = block_size;
   executor->poller_ = std::thread([e = executor.get()] { e->PollStats(); });
   return executor;
 }
@@ -99,7 +106,16 @@ void DisaggExecutor::MarkDown(Worker& worker, const std::string& role, const std
   if (worker.up.exchange(false)) {
     spdlog::warn("router: {} worker {} is down ({}); not routing to it until it answers", role,
                  worker.address, why);
+    // Back, it is a new process with an empty prefix cache.
+    std::lock_guard<std::mutex> lock(mu_);
+    worker.load.Reset();
+    if (worker.affinity) worker.affinity->Clear();
   }
+}
+
+void DisaggExecutor::Retire(Worker& worker, uint64_t admission_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  worker.load.Retire(admission_id, poll_round_);
 }
 
 void DisaggExecutor::MarkUp(Worker& worker, const std::string& role) {
@@ -108,62 +124,121 @@ void DisaggExecutor::MarkUp(Worker& worker, const std::string& role) {
   }
 }
 
-size_t DisaggExecutor::PickDecode(const std::vector<bool>& skip) {
-  // Most free (free + cached) KV blocks, from the latest stats; ties go round robin.
+DisaggExecutor::Route DisaggExecutor::PlanRoute(std::span<const uint64_t> block_hashes,
+                                                int64_t num_prompt_tokens, const DecodeDemand& demand) {
   std::lock_guard<std::mutex> lock(mu_);
-  const size_t start = next_decode_++ % decode_.size();
-  auto free_blocks = [&](size_t i) {
-    const auto& kv = decode_stats_[i].stats().kv_blocks();
-    return kv.free() + kv.cached() - decode_[i]->in_flight.load();
-  };
-  size_t best = SIZE_MAX;
-  for (size_t k = 0; k < decode_.size(); ++k) {
-    const size_t i = (start + k) % decode_.size();
-    if (skip[i] || !decode_[i]->up.load()) continue;
-    if (best == SIZE_MAX || free_blocks(i) > free_blocks(best)) best = i;
-  }
-  return best;
-}
-
-size_t DisaggExecutor::PickPrefill(const std::vector<bool>& skip) {
-  // Fewest requests in flight (the router's own count: exact and current).
-  size_t best = SIZE_MAX;
+  Route route;
+  std::vector<PrefillLoad> prefill(prefill_.size());
+  route.uncached_tokens.resize(prefill_.size());
   for (size_t i = 0; i < prefill_.size(); ++i) {
-    if (skip[i] || !prefill_[i]->up.load()) continue;
-    if (best == SIZE_MAX || prefill_[i]->in_flight.load() < prefill_[best]->in_flight.load()) best = i;
+    const Worker& w = *prefill_[i];
+    PrefillLoad& load = prefill[i];
+    load.up = w.up.load();
+    load.num_queued_prompt_tokens = w.load.QueuedPromptTokens();
+    load.prefill_tokens_per_s = w.load.PrefillTokensPerS();
+    load.num_uncached_tokens = num_prompt_tokens - w.affinity->CachedTokens(block_hashes, num_prompt_tokens);
+    load.num_in_flight = w.in_flight.load();
+    load.last_pick = w.last_pick;
+    route.uncached_tokens[i] = load.num_uncached_tokens;
   }
-  return best;
+  route.prefill_order = RankPrefillWorkers(prefill, options_.prefill_policy);
+  std::vector<DecodeLoad> decode(decode_.size());
+  for (size_t i = 0; i < decode_.size(); ++i) {
+    const Worker& w = *decode_[i];
+    DecodeLoad& load = decode[i];
+    load.up = w.up.load();
+    load.num_available_blocks = w.load.AvailableBlocks();
+    load.batch_load = w.load.BatchLoad();
+    load.last_pick = w.last_pick;
+  }
+  route.decode_order = RankDecodeWorkers(decode, demand);
+  return route;
 }
 
-Status DisaggExecutor::Admit(const Request& request, Flight& flight) {
-  Worker& decode = *decode_[flight.decode_index];
-  Worker& prefill = *prefill_[flight.prefill_index];
-  v1::WorkerRequest proto;
-  RequestToWorkerProto(request, &proto);
-  const std::string& id = request.request_id;
+Status DisaggExecutor::ReserveDecode(const v1::WorkerRequest& proto, const std::vector<size_t>& order,
+                                     Flight& flight) {
+  const std::string& id = proto.request_id();
+  int32_t num_tried = 0, num_refused = 0;
+  std::string last_error;
+  for (size_t d : order) {
+    Worker& worker = *decode_[d];
+    if (!worker.up.load()) continue;  // went down since the plan
+    ++num_tried;
+    flight.decode.reset();
+    flight.decode_context = std::make_unique<grpc::ClientContext>();
+    flight.decode = worker.stub->Decode(flight.decode_context.get(), proto);
+    v1::WorkerOutput first;
+    if (flight.decode->Read(&first) && first.accepted()) {
+      flight.decode_index = d;
+      flight.kv_endpoint = first.kv_endpoint();
+      return OkStatus();
+    }
+    const grpc::Status s = flight.decode->Finish();
+    flight.decode.reset();
+    if (s.ok()) return InternalError("decode worker " + worker.address + " did not accept '" + id + "'");
+    last_error = "decode worker " + worker.address + ": " + s.error_message();
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      // Its blocks are taken (the router's view was stale, or another router took them): next.
+      ++num_refused;
+      spdlog::info("router: decode worker {} has no room for '{}' ({}); trying the next", worker.address,
+                   id, s.error_message());
+      continue;
+    }
+    if (IsWorkerGone(s.error_code())) {
+      MarkDown(worker, "decode", s.error_message());  // nothing was reserved there: next
+      continue;
+    }
+    return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
+  }
+  if (num_refused > 0) {
+    return ResourceExhaustedError("no decode worker has KV room for request '" + id + "': " +
+                                  std::to_string(num_refused) + " of the " + std::to_string(num_tried) +
+                                  " decode workers tried refused (last: " + last_error + "); retry later");
+  }
+  return UnavailableError("no decode worker is up" +
+                          (last_error.empty() ? std::string() : " (last error: " + last_error + ")"));
+}
 
-  // 1. Reserve KV blocks on the decode worker.
-  flight.decode = decode.stub->Decode(&flight.decode_context, proto);
-  v1::WorkerOutput first;
-  if (!flight.decode->Read(&first) || !first.accepted()) {
-    grpc::Status s = flight.decode->Finish();
-    if (s.ok()) return InternalError("decode worker " + decode.address + " did not accept '" + id + "'");
-    if (IsWorkerGone(s.error_code())) MarkDown(decode, "decode", s.error_message());
+Status DisaggExecutor::StartPrefill(const v1::WorkerRequest& proto, const std::vector<size_t>& order,
+                                    Flight& flight) {
+  const std::string& id = proto.request_id();
+  int32_t num_tried = 0, num_refused = 0;
+  std::string last_error;
+  for (size_t p : order) {
+    Worker& worker = *prefill_[p];
+    if (!worker.up.load()) continue;
+    ++num_tried;
+    flight.prefill.reset();
+    flight.prefill_context = std::make_unique<grpc::ClientContext>();
+    flight.prefill = worker.stub->Prefill(flight.prefill_context.get(), proto);
+    v1::WorkerOutput admitted;
+    if (flight.prefill->Read(&admitted) && admitted.accepted()) {
+      flight.prefill_index = p;
+      return OkStatus();
+    }
+    const grpc::Status s = flight.prefill->Finish();
+    flight.prefill.reset();
+    if (s.ok()) return InternalError("prefill worker " + worker.address + " did not accept '" + id + "'");
+    last_error = "prefill worker " + worker.address + ": " + s.error_message();
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++num_refused;
+      spdlog::info("router: prefill worker {} refused '{}' ({}); trying the next", worker.address, id,
+                   s.error_message());
+      continue;
+    }
+    if (IsWorkerGone(s.error_code())) {
+      MarkDown(worker, "prefill", s.error_message());
+      continue;
+    }
     return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
   }
-  // 2. Admit the prefill, which pushes the KV to the reservation.
-  proto.set_kv_endpoint(first.kv_endpoint());
-  flight.prefill = prefill.stub->Prefill(&flight.prefill_context, proto);
-  v1::WorkerOutput admitted;
-  if (!flight.prefill->Read(&admitted) || !admitted.accepted()) {
-    grpc::Status s = flight.prefill->Finish();
-    flight.decode_context.TryCancel();
-    Drain(*flight.decode);
-    if (s.ok()) return InternalError("prefill worker " + prefill.address + " did not accept '" + id + "'");
-    if (IsWorkerGone(s.error_code())) MarkDown(prefill, "prefill", s.error_message());
-    return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
+  if (num_refused > 0) {
+    return ResourceExhaustedError("no prefill worker admits request '" + id + "': " +
+                                  std::to_string(num_refused) + " of the " + std::to_string(num_tried) +
+                                  " prefill workers tried refused (last: " + last_error + "); retry later");
   }
-  return OkStatus();
+  return UnavailableError("no prefill worker is up" +
+                          (last_error.empty() ? std::string() : " (last error: " + last_error + ")"));
 }
 
 Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
@@ -182,29 +257,23 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
     if (!request.sampling.seed) request.sampling.seed = seed_rng_();
   }
   const std::string id = request.request_id;
-  // A worker found gone during admission is skipped and the next one tried (nothing was reserved
-  // on it); any other refusal is the answer.
-  std::vector<bool> skip_decode(decode_.size()), skip_prefill(prefill_.size());
-  std::shared_ptr<Flight> flight;
-  Status admitted = UnavailableError("no worker is up");
-  for (;;) {
-    const size_t d = PickDecode(skip_decode), p = PickPrefill(skip_prefill);
-    if (d == SIZE_MAX || p == SIZE_MAX) {
-      return UnavailableError(std::string("no ") + (d == SIZE_MAX ? "decode" : "prefill") +
-                              " worker is up (last error: " + admitted.message() + ")");
-    }
-    flight = std::make_shared<Flight>();
-    flight->decode_index = d;
-    flight->prefill_index = p;
-    admitted = Admit(request, *flight);
-    if (admitted.ok()) break;
-    if (!decode_[d]->up.load()) {
-      skip_decode[d] = true;
-    } else if (!prefill_[p]->up.load()) {
-      skip_prefill[p] = true;
-    } else {
-      return admitted;
-    }
+  const auto num_prompt_tokens = static_cast<int64_t>(request.prompt_token_ids.size());
+  const std::vector<uint64_t> block_hashes = PrefixAffinity::BlockHashes(request.prompt_token_ids, block_size_);
+  const DecodeDemand demand = DemandOf(num_prompt_tokens, request.sampling.max_tokens,
+                                       info_.model().max_model_len(), block_size_);
+  const Route route = PlanRoute(block_hashes, num_prompt_tokens, demand);
+  v1::WorkerRequest proto;
+  RequestToWorkerProto(request, &proto);
+
+  // 1. Reserve the KV blocks on a decode worker; 2. admit the prefill, which pushes the KV there.
+  auto flight = std::make_shared<Flight>();
+  TANDEM_RETURN_IF_ERROR(ReserveDecode(proto, route.decode_order, *flight));
+  proto.set_kv_endpoint(flight->kv_endpoint);
+  Status prefilling = StartPrefill(proto, route.prefill_order, *flight);
+  if (!prefilling.ok()) {
+    flight->decode_context->TryCancel();  // frees the reservation
+    Drain(*flight->decode);
+    return prefilling;
   }
   flight->on_output = std::move(on_output);
   Worker& decode = *decode_[flight->decode_index];
@@ -216,6 +285,14 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
     std::lock_guard<std::mutex> lock(mu_);
     flights_[id] = flight;
     ++num_threads_;
+    // Until a poll that began after now answers, the workers' stats do not count this request.
+    ++num_picks_;
+    prefill.last_pick = decode.last_pick = num_picks_;
+    prefill.affinity->Insert(block_hashes);
+    flight->admission_id = num_picks_;
+    const int64_t uncached = route.uncached_tokens[flight->prefill_index];
+    prefill.load.Admit({num_picks_, poll_round_, num_prompt_tokens, uncached, 0});
+    decode.load.Admit({num_picks_, poll_round_, num_prompt_tokens, 0, demand.whole_blocks});
   }
   ++decode.in_flight;
   ++prefill.in_flight;
@@ -253,6 +330,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   v1::WorkerOutput msg;
   while (!handed_off && !finished && flight->prefill->Read(&msg)) {
     RequestOutput out = OutputFromWorkerProto(id, msg);
+    if (!out.new_tokens.empty() || msg.finished()) Retire(prefill, flight->admission_id);  // prefilled
     queue_ms = msg.queue_ms();
     handed_off = msg.handed_off();
     if (handed_off) transfer_ms = msg.transfer_ms();
@@ -266,8 +344,9 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   }
   const grpc::Status prefill_status = flight->prefill->Finish();
   --prefill.in_flight;
+  Retire(prefill, flight->admission_id);
   if (!handed_off) {
-    flight->decode_context.TryCancel();
+    flight->decode_context->TryCancel();
     Drain(*flight->decode);
     if (!finished) fail(FromGrpc(prefill_status, "prefill worker " + prefill.address));
   } else {
@@ -291,6 +370,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
     if (!got_final) fail(FromGrpc(decode_status, "decode worker " + decode.address));
   }
   --decode.in_flight;
+  Retire(decode, flight->admission_id);
   std::lock_guard<std::mutex> lock(mu_);
   flights_.erase(id);
   --num_threads_;
@@ -306,8 +386,8 @@ void DisaggExecutor::Cancel(const std::string& request_id) {
     flight = it->second;
   }
   flight->cancelled.store(true);
-  flight->prefill_context.TryCancel();
-  flight->decode_context.TryCancel();
+  flight->prefill_context->TryCancel();
+  flight->decode_context->TryCancel();
 }
 
 EngineLoopStats DisaggExecutor::Stats() const {
@@ -315,9 +395,13 @@ EngineLoopStats DisaggExecutor::Stats() const {
   EngineLoopStats out;
   out.accepting = accepting_;
   out.num_live = static_cast<int32_t>(flights_.size());
-  for (const auto* pool : {&prefill_stats_, &decode_stats_}) {
-    for (const v1::WorkerStats& w : *pool) {
+  for (const auto* pool : {&prefill_, &decode_}) {
+    for (const auto& worker : *pool) {
+      const v1::WorkerStats& w = worker->stats;
       const v1::GetStatsResponse& s = w.stats();
+      out.num_queued_prompt_tokens += s.num_queued_prompt_tokens();
+      out.prefill_tokens_per_s += s.prefill_tokens_per_s();  // the deployment's
+      out.num_reserved_kv_blocks += w.num_reserved_kv_blocks();
       out.engine.num_waiting += static_cast<size_t>(s.num_waiting());
       out.engine.num_running += static_cast<size_t>(s.num_running());
       out.engine.num_transferring += static_cast<size_t>(w.num_transferring());
@@ -340,10 +424,14 @@ void DisaggExecutor::PollStats() {
     // The heartbeat: every worker's stats, all polls in parallel (a hung worker costs
     // stats_timeout once, not once per worker).
     std::vector<std::thread> polls;
-    for (const auto& [pool, stats, role] : {std::tuple(&prefill_, &prefill_stats_, "prefill"),
-                                            std::tuple(&decode_, &decode_stats_, "decode")}) {
+    uint64_t round = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      round = ++poll_round_;
+    }
+    for (const auto& [pool, role] : {std::pair(&prefill_, "prefill"), std::pair(&decode_, "decode")}) {
       for (size_t i = 0; i < pool->size(); ++i) {
-        polls.emplace_back([this, worker = (*pool)[i].get(), stats, i, role = std::string(role)] {
+        polls.emplace_back([this, worker = (*pool)[i].get(), round, role = std::string(role)] {
           grpc::ClientContext context;
           context.set_deadline(std::chrono::system_clock::now() + options_.stats_timeout);
           v1::WorkerStats response;
@@ -354,7 +442,14 @@ void DisaggExecutor::PollStats() {
           }
           MarkUp(*worker, role);
           std::lock_guard<std::mutex> lock(mu_);
-          (*stats)[i] = std::move(response);
+          WorkerLoadView::Report report;
+          const v1::GetStatsResponse& stats = response.stats();
+          report.queued_prompt_tokens = stats.num_queued_prompt_tokens();
+          report.prefill_tokens_per_s = stats.prefill_tokens_per_s();
+          report.available_blocks = stats.kv_blocks().free() + stats.kv_blocks().cached();
+          report.batch = stats.num_running() + stats.num_waiting() + response.num_transferring();
+          worker->load.Answer(round, report);
+          worker->stats = std::move(response);
         });
       }
     }
@@ -376,8 +471,8 @@ void DisaggExecutor::Shutdown() {
   changed_.notify_all();
   for (const auto& flight : live) {
     flight->cancelled.store(true);
-    flight->prefill_context.TryCancel();
-    flight->decode_context.TryCancel();
+    flight->prefill_context->TryCancel();
+    flight->decode_context->TryCancel();
   }
   {
     std::unique_lock<std::mutex> lock(mu_);

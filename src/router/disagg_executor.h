@@ -3,11 +3,14 @@
 // a disaggregated deployment.
 //
 // One request (see proto/tandem/v1/worker.proto):
-//   Submit: pick the decode worker with the most free KV blocks and the prefill worker with the
-//           fewest requests in flight (from the router's own counts and stats polled every
-//           stats_interval); Decode(request) reserves the KV blocks and names the KV endpoint;
-//           Prefill(request, endpoint) admits it. Either refusal is Submit's error (a reservation
-//           already made is cancelled).
+//   Submit: rank both pools (router/worker_picker.h: decode by KV fit then batch load, prefill by
+//           predicted time to first token with prefix-cache affinity) from the stats polled every
+//           stats_interval plus this router's own admissions since; Decode(request) on the first
+//           decode worker in that order reserves the KV blocks and names the KV endpoint (a
+//           RESOURCE_EXHAUSTED refusal moves on to the next decode worker; only when every one
+//           refused does Submit fail RESOURCE_EXHAUSTED, naming how many were tried); then
+//           Prefill(request, endpoint) on the best prefill worker (likewise moving on past a
+//           refusal). Any other refusal is Submit's error (a reservation already made is cancelled).
 //   then, on the request's own thread: the prefill stream's first token goes out (TTFT); once the
 //           prefill worker reports the KV handed off, the decode stream's tokens follow, and its
 //           final message becomes the request's final output (usage from decode, TTFT measured
@@ -18,9 +21,10 @@
 //
 // Worker health: a worker is *down* once a GetWorkerStats poll (every stats_interval, deadline
 // stats_timeout) or an admission RPC fails with UNAVAILABLE or DEADLINE_EXCEEDED, and *up* again
-// as soon as a poll answers (a supervisor restarted it on the same address). Submit picks only
-// workers that are up; an admission that finds its worker gone marks it down and tries the next
-// one (nothing was reserved); with no worker of a pool up, Submit fails UNAVAILABLE.
+// as soon as a poll answers (a supervisor restarted it on the same address; a prefill worker's
+// affinity memory is dropped when it goes down, as its cache is). Submit picks only workers that
+// are up; an admission that finds its worker gone marks it down and tries the next one (nothing
+// was reserved); with no worker of a pool up, Submit fails UNAVAILABLE.
 // Admission: past max_in_flight requests in flight Submit fails RESOURCE_EXHAUSTED.
 //
 // Threads: Submit runs on the caller's (gRPC) thread and blocks for the two admissions; each
@@ -34,12 +38,15 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "router/executor.h"
+#include "router/worker_load_view.h"
+#include "router/worker_picker.h"
 #include "tandem/v1/worker.grpc.pb.h"
 
 namespace tandem {
@@ -52,6 +59,9 @@ struct DisaggExecutorOptions {
   int32_t max_in_flight = 1024;                   // router-wide admission limit
   // How long Create waits for every worker to answer GetWorkerInfo.
   std::chrono::milliseconds connect_timeout{60000};
+  PrefillPolicyOptions prefill_policy;
+  // Prefix-affinity memory per prefill worker, in KV blocks; 0: the size of the worker's KV pool.
+  int32_t affinity_blocks = 0;
 };
 
 class DisaggExecutor final : public Executor {
@@ -77,25 +87,42 @@ class DisaggExecutor final : public Executor {
     std::unique_ptr<v1::Worker::Stub> stub;
     std::atomic<int32_t> in_flight{0};
     std::atomic<bool> up{true};  // see "Worker health" above
+    // The router's view, GUARDED_BY(DisaggExecutor::mu_):
+    v1::WorkerStats stats;                     // latest poll's answer
+    WorkerLoadView load;                       // that answer, corrected by this router's requests
+    std::unique_ptr<PrefixAffinity> affinity;  // prefill workers
+    uint64_t last_pick = 0;                    // num_picks_ when last picked
   };
   struct Flight;
+  // Where one request may go, best first.
+  struct Route {
+    std::vector<size_t> decode_order;
+    std::vector<size_t> prefill_order;
+    std::vector<int64_t> uncached_tokens;  // per prefill worker
+  };
 
   DisaggExecutor() = default;
   void Run(std::shared_ptr<Flight> flight);  // the request's thread
   void PollStats();                          // the poller thread
-  // The best worker that is up and not in `skip`, or SIZE_MAX when there is none.
-  size_t PickDecode(const std::vector<bool>& skip);
-  size_t PickPrefill(const std::vector<bool>& skip);
-  // Logs a change of a worker's health.
-  static void MarkDown(Worker& worker, const std::string& role, const std::string& why);
+  // A snapshot of every worker's load, ranked by the policy (router/worker_picker.h).
+  Route PlanRoute(std::span<const uint64_t> block_hashes, int64_t num_prompt_tokens,
+                  const DecodeDemand& demand);
+  // Admission on one pool, trying workers in `order`: OK sets the flight's call and index.
+  Status ReserveDecode(const v1::WorkerRequest& proto, const std::vector<size_t>& order, Flight& flight);
+  Status StartPrefill(const v1::WorkerRequest& proto, const std::vector<size_t>& order, Flight& flight);
+  // Logs a change of a worker's health; a worker that goes down loses its load view (and a prefill
+  // worker its affinity memory): back, it is a new process.
+  void MarkDown(Worker& worker, const std::string& role, const std::string& why);
+  // The request with this admission id left the worker's queue (prefill: its prefill ended;
+  // decode: it ended); see WorkerLoadView.
+  void Retire(Worker& worker, uint64_t admission_id);
   static void MarkUp(Worker& worker, const std::string& role);
-  // One admission attempt on the given pair: Decode reservation, then Prefill.
-  Status Admit(const Request& request, Flight& flight);
 
   DisaggExecutorOptions options_;                    // Constant after Create
   v1::WorkerInfo info_;                              // Constant after Create
-  std::vector<std::unique_ptr<Worker>> prefill_;     // Constant after Create (but in_flight)
-  std::vector<std::unique_ptr<Worker>> decode_;      // Constant after Create (but in_flight)
+  int32_t block_size_ = 0;                           // Constant after Create
+  std::vector<std::unique_ptr<Worker>> prefill_;     // Constant after Create (but see Worker)
+  std::vector<std::unique_ptr<Worker>> decode_;      // Constant after Create (but see Worker)
 
   mutable std::mutex mu_;
   std::condition_variable changed_;
@@ -103,10 +130,9 @@ class DisaggExecutor final : public Executor {
   int32_t num_threads_ = 0;                          // GUARDED_BY(mu_): request threads alive
   bool accepting_ = true;                            // GUARDED_BY(mu_)
   bool stopping_ = false;                            // GUARDED_BY(mu_)
-  std::vector<v1::WorkerStats> prefill_stats_;       // GUARDED_BY(mu_)
-  std::vector<v1::WorkerStats> decode_stats_;        // GUARDED_BY(mu_)
   std::mt19937_64 seed_rng_{std::random_device{}()}; // GUARDED_BY(mu_)
-  size_t next_decode_ = 0;                           // GUARDED_BY(mu_): tie breaking
+  uint64_t poll_round_ = 0;                          // GUARDED_BY(mu_): stats polls begun
+  uint64_t num_picks_ = 0;                           // GUARDED_BY(mu_): admissions (tie breaking)
   std::thread poller_;
 };
 

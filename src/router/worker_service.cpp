@@ -252,6 +252,7 @@ grpc::Status WorkerService::GetWorkerStats(grpc::ServerContext* context,
   response->set_role(std::string(EngineRoleName(loop_.info().role)));
   FillStats(stats, num_open_streams_.load(), response->mutable_stats());
   response->set_num_transferring(static_cast<int32_t>(stats.engine.num_transferring));
+  response->set_num_reserved_kv_blocks(stats.num_reserved_kv_blocks);
   return grpc::Status::OK;
 }
 

@@ -155,12 +155,23 @@ void EngineLoop::Run() {
       AbortAll();
     }
     if (engine_->HasStepWork()) {
+      const bool prefill_pending = !prefilling_.empty();
+      const Clock::time_point step_start = Clock::now();
       auto outputs = engine_->Step();
       if (outputs.ok()) {
         Deliver(*outputs);
         HandOffKv();
       } else {
         FailAll(outputs.status());
+      }
+      if (prefill_pending) {
+        prefill_seconds_ += std::chrono::duration<double>(Clock::now() - step_start).count();
+      }
+      if (prefilled_tokens_ > 0 && prefill_seconds_ > 0) {
+        rate_tokens_ = kPrefillRateDecay * rate_tokens_ + static_cast<double>(prefilled_tokens_);
+        rate_seconds_ = kPrefillRateDecay * rate_seconds_ + prefill_seconds_;
+        prefilled_tokens_ = 0;
+        prefill_seconds_ = 0;
       }
     }
     PublishStats();
@@ -197,9 +208,19 @@ void EngineLoop::RunCommand(Command& command) {
     case Command::Kind::kSubmit:
     case Command::Kind::kSubmitTransferred: {
       std::string id = command.request.request_id;
-      Status status = Admit(std::move(command.request),
-                            command.kind == Command::Kind::kSubmitTransferred);
+      const bool transferred = command.kind == Command::Kind::kSubmitTransferred;
+      const auto prompt_len = static_cast<int32_t>(command.request.prompt_token_ids.size());
+      Status status = Admit(std::move(command.request), transferred);
       if (status.ok()) {
+        if (transferred) {
+          // What Engine::AddTransferredRequest reserves: the prompt and the first token.
+          const int32_t blocks = (prompt_len + 1 + info_.block_size - 1) / info_.block_size;
+          reserved_blocks_.emplace(id, blocks);
+          num_reserved_kv_blocks_ += blocks;
+        } else {
+          prefilling_.emplace(id, prompt_len);
+          num_queued_prompt_tokens_ += prompt_len;
+        }
         if (command.on_kv) kv_callbacks_.emplace(id, std::move(command.on_kv));
         callbacks_.emplace(std::move(id), std::move(command.on_output));
       }
@@ -208,6 +229,10 @@ void EngineLoop::RunCommand(Command& command) {
     }
     case Command::Kind::kCompleteTransfer: {
       const std::string id = command.handoff.request_id;
+      if (auto r = reserved_blocks_.find(id); r != reserved_blocks_.end()) {
+        num_reserved_kv_blocks_ -= r->second;  // written now, or freed by the abort below
+        reserved_blocks_.erase(r);
+      }
       Status status = engine_->CompleteTransfer(command.handoff);
       // A failed write ends the request (reservation freed); the sender hears why.
       if (!status.ok()) (void)engine_->Abort(id, status);
@@ -259,12 +284,30 @@ void EngineLoop::Deliver(std::vector<RequestOutput>& outputs) {
     TANDEM_CHECK(it != callbacks_.end()) << "engine output for unknown request " << out.request_id;
     const bool finished = out.finished;
     const std::string id = out.request_id;
+    NoteDelivered(out);
     it->second(std::move(out));
     if (finished) {
       callbacks_.erase(it);
       kv_callbacks_.erase(id);
     }
   }
+}
+
+void EngineLoop::NoteDelivered(const RequestOutput& out) {
+  if (out.finished) {
+    if (auto r = reserved_blocks_.find(out.request_id); r != reserved_blocks_.end()) {
+      num_reserved_kv_blocks_ -= r->second;
+      reserved_blocks_.erase(r);
+    }
+  }
+  if (!out.finished && out.new_tokens.empty()) return;
+  auto p = prefilling_.find(out.request_id);
+  if (p == prefilling_.end()) return;
+  num_queued_prompt_tokens_ -= p->second;
+  prefilling_.erase(p);
+  // A first token means the prompt was computed (less its cached prefix); an end without one
+  // (abort, error) computed nothing worth measuring.
+  if (!out.new_tokens.empty()) prefilled_tokens_ += out.num_prompt_tokens - out.num_cached_tokens;
 }
 
 void EngineLoop::AbortAll() {
@@ -315,6 +358,9 @@ void EngineLoop::PublishStats() {
   stats_.engine = stats;
   stats_.num_live = static_cast<int32_t>(callbacks_.size());
   stats_.accepting = accepting_;
+  stats_.num_queued_prompt_tokens = num_queued_prompt_tokens_;
+  stats_.prefill_tokens_per_s = rate_seconds_ > 0 ? rate_tokens_ / rate_seconds_ : 0;
+  stats_.num_reserved_kv_blocks = num_reserved_kv_blocks_;
 }
 
 }  // namespace tandem

@@ -26,6 +26,14 @@
 // SubmitTransferred reserves the blocks for a request whose KV is on its way, CompleteTransfer
 // (from the transport's thread) writes it and starts decoding, FailTransfer ends it with an error
 // and frees the reservation.
+//
+// Load (EngineLoopStats, kept by the engine thread from what passes through it; the engine is not
+// asked): num_queued_prompt_tokens sums the prompts of submitted requests that have not produced
+// their first token (a prompt counts whole, cached prefix included, until then);
+// prefill_tokens_per_s is uncached prompt tokens per second of engine-thread time spent stepping
+// (and handing off KV) while a prefill was pending, weighted over recent prefills
+// (kPrefillRateDecay per finished prefill); num_reserved_kv_blocks counts the blocks reserved by
+// SubmitTransferred requests whose KV has not arrived.
 #pragma once
 
 #include <condition_variable>
@@ -61,6 +69,10 @@ struct EngineLoopStats {
   EngineStats engine;       // waiting/running counts and KV block stats
   int32_t num_live = 0;     // accepted, final output not yet delivered
   bool accepting = true;    // false once Shutdown began
+  // Load, for a router (see "Load" below).
+  int64_t num_queued_prompt_tokens = 0;
+  double prefill_tokens_per_s = 0;  // 0 until the first prefill finished
+  int32_t num_reserved_kv_blocks = 0;
 };
 
 // Facts about the served model, constant after construction (readable from any thread).
@@ -138,6 +150,11 @@ class EngineLoop {
   void FailAll(const Status& status);        // the engine failed a step: abort every live request
   void AbortAll();
   void PublishStats();
+  // Load bookkeeping (engine thread): a request's first output ends its prefill.
+  void NoteDelivered(const RequestOutput& out);
+
+  // Weight of the previous prefill-rate estimate at each finished prefill.
+  static constexpr double kPrefillRateDecay = 0.8;
 
   const EngineLoopConfig config_;  // Constant after construction
   EngineLoopInfo info_;            // Constant after construction
@@ -146,6 +163,13 @@ class EngineLoop {
   std::unique_ptr<Engine> engine_;
   std::unordered_map<std::string, OutputCallback> callbacks_;  // live requests, by id
   std::unordered_map<std::string, KvHandoffCallback> kv_callbacks_;  // prefill role, by id
+  std::unordered_map<std::string, int32_t> prefilling_;  // prompt tokens of requests before their first token
+  int64_t num_queued_prompt_tokens_ = 0;                 // sum of prefilling_
+  std::unordered_map<std::string, int32_t> reserved_blocks_;  // decode role: KV not yet here
+  int32_t num_reserved_kv_blocks_ = 0;                   // sum of reserved_blocks_
+  int64_t prefilled_tokens_ = 0;       // uncached prompt tokens finished since the last rate sample
+  double prefill_seconds_ = 0;         // stepping time with a prefill pending, since then
+  double rate_tokens_ = 0, rate_seconds_ = 0;  // decayed sums: the rate is their ratio
 
   mutable std::mutex mu_;
   std::condition_variable wake_;             // commands queued or shutdown requested

@@ -35,6 +35,46 @@ TEST(DisaggConfigTest, ShippedConfigsParseWithTheirPoolSizes) {
   }
 }
 
+TEST(DisaggConfigTest, PerWorkerEngineOverridesApplyByIndex) {
+  auto config = LoadText("tandem_disagg_overrides.yaml", std::string(kHead) + R"(
+engine: {block_size: 16, num_kv_blocks: 256, max_num_seqs: 8}
+disaggregated:
+  prefill_workers: 1
+  decode_workers: 3
+  stats_interval_ms: 50
+  decode_engine:
+    - {num_kv_blocks: 24}
+    - {}
+)");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->disagg.stats_interval_ms, 50);
+  ASSERT_EQ(config->disagg.decode_engines.size(), 2u);
+  ASSERT_TRUE(config->disagg.prefill_engines.empty());
+  const DeploymentConfig d0 = WorkerDeploymentConfig(*config, EngineRole::kDecode, 0);
+  EXPECT_EQ(d0.engine.num_kv_blocks, 24);
+  EXPECT_EQ(d0.engine.max_num_seqs, 8);  // the rest of the engine section stays
+  EXPECT_EQ(WorkerDeploymentConfig(*config, EngineRole::kDecode, 1).engine.num_kv_blocks, 256);
+  EXPECT_EQ(WorkerDeploymentConfig(*config, EngineRole::kDecode, 2).engine.num_kv_blocks, 256);
+  EXPECT_EQ(WorkerDeploymentConfig(*config, EngineRole::kDecode, -1).engine.num_kv_blocks, 256);
+  EXPECT_EQ(WorkerDeploymentConfig(*config, EngineRole::kPrefill, 0).engine.num_kv_blocks, 256);
+  EXPECT_EQ(config->base.engine.num_kv_blocks, 256);
+}
+
+TEST(DisaggConfigTest, BadOverridesNameTheirEntry) {
+  for (const auto& [yaml, needle] : {
+           std::pair("disaggregated: {decode_workers: 1, decode_engine: [{}, {}]}", "2 entries for 1"),
+           std::pair("disaggregated: {decode_engine: [{num_kv_blocs: 3}]}", "decode_engine[0]"),
+           std::pair("disaggregated: {prefill_engine: [{block_size: -1}]}", "prefill_engine[0]"),
+           std::pair("disaggregated: {prefill_engine: {num_kv_blocks: 3}}", "list"),
+           std::pair("disaggregated: {stats_interval_ms: 0}", "stats_interval_ms"),
+       }) {
+    auto bad = LoadText("tandem_disagg_bad_override.yaml", std::string(kHead) + yaml + "\n");
+    ASSERT_FALSE(bad.ok()) << yaml;
+    EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << yaml;
+    EXPECT_NE(bad.status().message().find(needle), std::string::npos) << bad.status().message();
+  }
+}
+
 TEST(DisaggConfigTest, RestartKeysAreReadAndChecked) {
   auto config = LoadText("tandem_disagg_restart.yaml", std::string(kHead) + R"(
 disaggregated: {restart_workers: false, restart_backoff_s: 0.25, restart_backoff_max_s: 4}

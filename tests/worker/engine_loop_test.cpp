@@ -311,6 +311,73 @@ TEST(EngineLoopTest, ShutdownBeforeItsDeadlineLetsWorkInFlightFinish) {
   ExpectPoolWholeWhenIdle(loop);
 }
 
+// Polls the published snapshot until `done` holds (bounded: a hang guard, not a timing check).
+template <typename Pred>
+EngineLoopStats WaitForStats(const EngineLoop& loop, Pred done) {
+  EngineLoopStats stats = loop.Stats();
+  for (int i = 0; i < 60000 && !done(stats); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    stats = loop.Stats();
+  }
+  return stats;
+}
+
+TEST(EngineLoopTest, LoadStatsCountQueuedPromptTokensAndMeasureThePrefillRate) {
+  EngineConfig config;
+  config.max_num_seqs = 1;  // a second request waits while the first decodes
+  auto engine = MakeCpuEngine(kModel, config);
+  ASSERT_NE(engine, nullptr);
+  EngineLoop loop(std::move(engine));
+  EXPECT_EQ(loop.Stats().num_queued_prompt_tokens, 0);
+  EXPECT_EQ(loop.Stats().prefill_tokens_per_s, 0);  // nothing measured yet
+  Collector collector;
+  ASSERT_TRUE(loop.Submit(GreedyRequest("long", Prompt(8), 1500), collector.Callback("long")).ok());
+  for (int i = 0; i < 60000 && collector.results().empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_FALSE(collector.results().empty());  // "long" is past its prefill
+  ASSERT_TRUE(loop.Submit(GreedyRequest("queued", Prompt(40, 1), 4), collector.Callback("queued")).ok());
+  EngineLoopStats stats = WaitForStats(loop, [](const EngineLoopStats& s) {
+    return s.num_queued_prompt_tokens == 40;
+  });
+  EXPECT_EQ(stats.num_queued_prompt_tokens, 40);  // the waiting prompt, whole
+  EXPECT_GT(stats.prefill_tokens_per_s, 0);       // "long"'s prefill was measured
+  loop.Cancel("long");
+  ASSERT_TRUE(collector.WaitForFinished(2));
+  stats = WaitForStats(loop, [](const EngineLoopStats& s) { return s.num_live == 0; });
+  EXPECT_EQ(stats.num_queued_prompt_tokens, 0);
+  EXPECT_GT(stats.prefill_tokens_per_s, 0);
+  EXPECT_EQ(collector.results()["queued"].tokens.size(), 4u);
+  ExpectPoolWholeWhenIdle(loop);
+}
+
+TEST(EngineLoopTest, LoadStatsCountBlocksReservedForKvInFlight) {
+  EngineConfig config;
+  config.role = EngineRole::kDecode;
+  auto engine = MakeCpuEngine(kModel, config);
+  ASSERT_NE(engine, nullptr);
+  EngineLoop loop(std::move(engine));
+  Collector collector;
+  const int32_t block_size = loop.info().block_size;
+  // Reserved: the prompt and the first token (Engine::AddTransferredRequest).
+  ASSERT_TRUE(loop.SubmitTransferred(GreedyRequest("t1", Prompt(40), 8), collector.Callback("t1")).ok());
+  ASSERT_TRUE(loop.SubmitTransferred(GreedyRequest("t2", Prompt(3 * block_size - 1, 2), 8),
+                                     collector.Callback("t2")).ok());
+  const int32_t expected = (41 + block_size - 1) / block_size + 3;
+  EngineLoopStats stats = WaitForStats(loop, [&](const EngineLoopStats& s) {
+    return s.num_reserved_kv_blocks == expected;
+  });
+  EXPECT_EQ(stats.num_reserved_kv_blocks, expected);
+  EXPECT_EQ(stats.engine.blocks.num_in_use, expected);
+  EXPECT_EQ(stats.num_queued_prompt_tokens, 0);  // nothing to prefill here
+  loop.FailTransfer("t1", UnavailableError("the prefill worker is gone"));
+  loop.Cancel("t2");
+  ASSERT_TRUE(collector.WaitForFinished(2));
+  stats = WaitForStats(loop, [](const EngineLoopStats& s) { return s.num_live == 0; });
+  EXPECT_EQ(stats.num_reserved_kv_blocks, 0);
+  ExpectPoolWholeWhenIdle(loop);
+}
+
 TEST(EngineLoopTest, DestructorWithLiveRequestsDeliversTheirFinals) {
   Collector collector;
   {
