@@ -31,10 +31,11 @@ build=${TANDEM_GPU_BUILD_DIR:-build-gpu}  # any build dir configured like the on
 if [ "${1:-}" != "--device" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DTANDEM_CUDA_ARCHS=90 \
     -DTANDEM_NATIVE=OFF -DTANDEM_WERROR="${TANDEM_WERROR:-OFF}" -DTANDEM_BUILD_BENCHMARKS=ON >/dev/null
-  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench
+  cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench prefill_attention_bench
   rm -rf "$bundle"
   mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/testdata/models"
-  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$bundle/bin/"
+  cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$build"/prefill_attention_bench \
+    "$bundle/bin/"
   # Shared libraries the device image may lack: everything but the C/C++ runtime and CUDA's own
   # (the device has those in /usr/local/cuda/lib64).
   for bin in "$bundle"/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
@@ -49,6 +50,7 @@ if [ "${1:-}" != "--device" ]; then
   cp -r "$testdata"/models/tiny-llama "$testdata"/models/tiny-llama31 "$bundle/testdata/models/"
   mkdir -p "$bundle/configs" && cp configs/models/llama-3.1-8b.json "$bundle/configs/"
   cp scripts/gpu-run.sh "$bundle/gpu-run.sh"
+  cp benchmarks/gpu/sdpa_bench.py "$bundle/"
   du -sh "$bundle"
   echo "Run on the GPU machine (repo root, carry $bundle):"
   echo "  bash $bundle/gpu-run.sh --device"
@@ -79,8 +81,8 @@ echo "== tandem_gpu_tests"
   tee "$OUT/gpu_tests.log" || status=1
 
 echo "== compute-sanitizer memcheck + racecheck"
-memcheck_filter='KernelParityTest.*:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers'
-racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:KernelParityTest.RmsNorm*:SampleParityTest.SmallBatchForSanitizers'
+memcheck_filter='KernelParityTest.*:PrefillAttentionParityTest.SmallBatchForSanitizers:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers'
+racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:PrefillAttentionParityTest.SmallBatchForSanitizers:KernelParityTest.RmsNorm*:SampleParityTest.SmallBatchForSanitizers'
 if [ "$run_sanitizer" = 0 ]; then
   echo "skipped (--no-sanitizer)" | tee "$OUT/memcheck.log"
 elif command -v compute-sanitizer >/dev/null; then
@@ -109,6 +111,9 @@ if [ "$run_bench" = 1 ]; then
   echo "== gpu_engine_bench --host-sampling (the same, sampling through the host reference)"
   "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" --host-sampling 2>&1 |
     tee "$OUT/bench_host_sampling.log" || status=1
+  echo "== prefill attention alone (tensor-core and CUDA-core kernels, torch flash SDPA; same shape)"
+  "$bin/prefill_attention_bench" 2>&1 | tee "$OUT/attention_bench.log" || status=1
+  python3 "$bundle/sdpa_bench.py" 2>&1 | tee -a "$OUT/attention_bench.log" || status=1
 fi
 
 {
@@ -128,6 +133,7 @@ fi
   echo "## tandem generate (tiny-llama, prompt $prompt, 16 greedy tokens)"
   grep -E '^\{' "$OUT/generate.log" || tail -n 5 "$OUT/generate.log"
   if [ -f "$OUT/bench.log" ]; then echo; sed -n '/^# gpu_engine_bench/,$p' "$OUT/bench.log"; fi
+  if [ -f "$OUT/attention_bench.log" ]; then echo; grep -E '^(#|\|)' "$OUT/attention_bench.log"; fi
   if [ -f "$OUT/bench_host_sampling.log" ]; then
     echo; sed -n '/^# gpu_engine_bench/,/^prefill floor/p' "$OUT/bench_host_sampling.log"
   fi
