@@ -36,6 +36,7 @@ if [ "${1:-}" != "--device" ]; then
   mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/testdata/models"
   cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$build"/prefill_attention_bench \
     "$bundle/bin/"
+  strip "$bundle"/bin/*  # host symbols only (the device code keeps its line info); keeps the bundle small
   # Shared libraries the device image may lack: everything but the C/C++ runtime and CUDA's own
   # (the device has those in /usr/local/cuda/lib64).
   for bin in "$bundle"/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
