@@ -8,9 +8,11 @@
 // benchmarks/gpu/sdpa_bench.py measures PyTorch's flash SDPA on the same shape.
 //
 //   prefill_attention_bench [--tokens 2048,8192]
+#include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <memory>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -19,8 +21,6 @@
 #include <string>
 #include <vector>
 
-#include "backend/cuda/cuda_backend.h"
-#include "backend/cuda/cuda_backend_factory.h"
 #include "backend/cuda/cuda_check.h"
 #include "benchmarks/gpu/bench_kernels.cuh"
 #include "kernels/paged_attention.cuh"
@@ -30,6 +30,23 @@ namespace tandem {
 namespace {
 
 constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlockSize = 16, kSets = 4;
+
+// Only the two attention kernels and cuBLAS are linked in (no backend): the bundle stays small.
+class DeviceMemory {
+ public:
+  ~DeviceMemory() {
+    if (data_ != nullptr) (void)cudaFree(data_);
+  }
+  static StatusOr<std::unique_ptr<DeviceMemory>> Make(size_t bytes) {
+    auto b = std::make_unique<DeviceMemory>();
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaMalloc(&b->data_, bytes));
+    return b;
+  }
+  void* data() const { return data_; }
+
+ private:
+  void* data_ = nullptr;
+};
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -59,15 +76,15 @@ StatusOr<double> Time(cudaStream_t s, Launch&& launch) {
   return Median(t);
 }
 
-StatusOr<std::unique_ptr<DeviceBuffer>> Random(Backend& backend, cudaStream_t s, size_t elems, uint64_t seed) {
-  TANDEM_ASSIGN_OR_RETURN(auto buf, backend.Allocate(elems * 2));
+StatusOr<std::unique_ptr<DeviceMemory>> Random(cudaStream_t s, size_t elems, uint64_t seed) {
+  TANDEM_ASSIGN_OR_RETURN(auto buf, DeviceMemory::Make(elems * 2));
   TANDEM_CUDA_RETURN_IF_ERROR(
       bench::LaunchFillRandomBf16(static_cast<__nv_bfloat16*>(buf->data()), elems, seed, 1.0f, s));
   return buf;
 }
 
-StatusOr<std::unique_ptr<DeviceBuffer>> UploadInts(Backend& backend, const std::vector<int32_t>& v) {
-  TANDEM_ASSIGN_OR_RETURN(auto buf, backend.Allocate(std::max<size_t>(4, v.size() * 4)));
+StatusOr<std::unique_ptr<DeviceMemory>> UploadInts(const std::vector<int32_t>& v) {
+  TANDEM_ASSIGN_OR_RETURN(auto buf, DeviceMemory::Make(std::max<size_t>(4, v.size() * 4)));
   TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpy(buf->data(), v.data(), v.size() * 4, cudaMemcpyHostToDevice));
   return buf;
 }
@@ -88,16 +105,13 @@ std::vector<float> ToFloat(const std::vector<uint16_t>& bits) {
   return f;
 }
 
-Status Run(const std::vector<int>& token_counts) {
-  TANDEM_ASSIGN_OR_RETURN(auto owned, MakeCudaBackend({0, 0.5}));
-  auto& backend = static_cast<CudaBackend&>(*owned);
-  const cudaStream_t s = backend.stream();
+Status Run(const std::vector<int>& token_counts, cudaStream_t s, cublasHandle_t cublas) {
   cudaDeviceProp prop{};
-  TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, backend.device()));
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, 0));
 
   // Limits.
   const int probe_blocks = prop.multiProcessorCount * 8, probe_iters = 4096;
-  TANDEM_ASSIGN_OR_RETURN(auto sink, backend.Allocate(sizeof(float) * probe_blocks * 256));
+  TANDEM_ASSIGN_OR_RETURN(auto sink, DeviceMemory::Make(sizeof(float) * probe_blocks * 256));
   TANDEM_ASSIGN_OR_RETURN(double probe_s, Time(s, [&](int) {
     return CudaErrorToStatus(
         bench::LaunchMmaRateProbe(probe_iters, probe_blocks, static_cast<float*>(sink->data()), s), "mma probe");
@@ -106,11 +120,16 @@ Status Run(const std::vector<int>& token_counts) {
   double gemm_rate = 0;
   {
     constexpr int n = 8192;
-    TANDEM_ASSIGN_OR_RETURN(auto a, Random(backend, s, size_t{n} * n, 2));
-    TANDEM_ASSIGN_OR_RETURN(auto b, Random(backend, s, size_t{n} * n, 3));
-    TANDEM_ASSIGN_OR_RETURN(auto c, Random(backend, s, size_t{n} * n, 4));
-    Tensor ta(a->data(), DType::kBF16, {n, n}), tb(b->data(), DType::kBF16, {n, n}), tc(c->data(), DType::kBF16, {n, n});
-    TANDEM_ASSIGN_OR_RETURN(double gemm_s, Time(s, [&](int) { return backend.Linear(ta, tb, Tensor(), tc); }));
+    TANDEM_ASSIGN_OR_RETURN(auto a, Random(s, size_t{n} * n, 2));
+    TANDEM_ASSIGN_OR_RETURN(auto b, Random(s, size_t{n} * n, 3));
+    TANDEM_ASSIGN_OR_RETURN(auto c, Random(s, size_t{n} * n, 4));
+    const float one = 1.0f, zero = 0.0f;
+    TANDEM_ASSIGN_OR_RETURN(double gemm_s, Time(s, [&](int) {
+      return CublasErrorToStatus(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, b->data(), CUDA_R_16BF,
+                                              n, a->data(), CUDA_R_16BF, n, &zero, c->data(), CUDA_R_16BF, n,
+                                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                                 "cublasGemmEx");
+    }));
     gemm_rate = 2.0 * n * static_cast<double>(n) * n / gemm_s;
   }
   std::printf("# prefill_attention_bench (%s, %d SMs)\n\n", prop.name, prop.multiProcessorCount);
@@ -125,24 +144,24 @@ Status Run(const std::vector<int>& token_counts) {
     const int blocks_per_seq = (t + kBlockSize - 1) / kBlockSize;
     const size_t q_elems = static_cast<size_t>(t) * kHeads * kHeadDim;
     const size_t cache_elems = static_cast<size_t>(blocks_per_seq) * kKvHeads * kBlockSize * kHeadDim;
-    std::vector<std::unique_ptr<DeviceBuffer>> q(kSets), k(kSets), v(kSets);
+    std::vector<std::unique_ptr<DeviceMemory>> q(kSets), k(kSets), v(kSets);
     for (int i = 0; i < kSets; ++i) {
-      TANDEM_ASSIGN_OR_RETURN(q[i], Random(backend, s, q_elems, 10 + 3 * i));
-      TANDEM_ASSIGN_OR_RETURN(k[i], Random(backend, s, cache_elems, 11 + 3 * i));
-      TANDEM_ASSIGN_OR_RETURN(v[i], Random(backend, s, cache_elems, 12 + 3 * i));
+      TANDEM_ASSIGN_OR_RETURN(q[i], Random(s, q_elems, 10 + 3 * i));
+      TANDEM_ASSIGN_OR_RETURN(k[i], Random(s, cache_elems, 11 + 3 * i));
+      TANDEM_ASSIGN_OR_RETURN(v[i], Random(s, cache_elems, 12 + 3 * i));
     }
-    TANDEM_ASSIGN_OR_RETURN(auto out_new, backend.Allocate(q_elems * 2));
-    TANDEM_ASSIGN_OR_RETURN(auto out_old, backend.Allocate(q_elems * 2));
+    TANDEM_ASSIGN_OR_RETURN(auto out_new, DeviceMemory::Make(q_elems * 2));
+    TANDEM_ASSIGN_OR_RETURN(auto out_old, DeviceMemory::Make(q_elems * 2));
     std::vector<int32_t> table(blocks_per_seq), positions(t);
     std::iota(table.begin(), table.end(), 0);
     std::shuffle(table.begin(), table.end(), std::mt19937(7));
     std::iota(positions.begin(), positions.end(), 0);
     const std::vector<int32_t> items_new = WorkItems(t, kernels::PagedPrefillAttentionTileTokens(group));
     const std::vector<int32_t> items_old = WorkItems(t, kernels::PagedAttentionTileTokens(group));
-    TANDEM_ASSIGN_OR_RETURN(auto d_table, UploadInts(backend, table));
-    TANDEM_ASSIGN_OR_RETURN(auto d_pos, UploadInts(backend, positions));
-    TANDEM_ASSIGN_OR_RETURN(auto d_new, UploadInts(backend, items_new));
-    TANDEM_ASSIGN_OR_RETURN(auto d_old, UploadInts(backend, items_old));
+    TANDEM_ASSIGN_OR_RETURN(auto d_table, UploadInts(table));
+    TANDEM_ASSIGN_OR_RETURN(auto d_pos, UploadInts(positions));
+    TANDEM_ASSIGN_OR_RETURN(auto d_new, UploadInts(items_new));
+    TANDEM_ASSIGN_OR_RETURN(auto d_old, UploadInts(items_old));
 
     const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
     auto launch_new = [&](int rep) {
@@ -226,7 +245,14 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  const tandem::Status s = tandem::Run(tokens);
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  tandem::Status s = tandem::CudaErrorToStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  if (s.ok()) s = tandem::CublasErrorToStatus(cublasCreate(&cublas), "cublasCreate");
+  if (s.ok()) s = tandem::CublasErrorToStatus(cublasSetStream(cublas, stream), "cublasSetStream");
+  if (s.ok()) s = tandem::Run(tokens, stream, cublas);
+  if (cublas != nullptr) (void)cublasDestroy(cublas);
+  if (stream != nullptr) (void)cudaStreamDestroy(stream);
   if (!s.ok()) {
     std::fprintf(stderr, "prefill_attention_bench: %s\n", s.ToString().c_str());
     return 1;
