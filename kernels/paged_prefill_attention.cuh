@@ -3,11 +3,11 @@
 // position p sees keys (p - window, p] of its own sequence, all of [0, p] without a window), GQA,
 // K/V read through block tables from the cache [num_blocks, num_kv_heads, block_size, head_dim].
 //
-// One CTA (8 warps) takes one work item (a run of at most TileTokens(group) consecutive tokens of
-// one sequence) for one KV head: the tile's 128 rows are (token, query head) pairs of that KV head,
-// so each K/V tile is loaded once for the whole group. Q K^T and P V are bf16 mma.sync m16n8k16 with
-// fp32 accumulators; K/V tiles of 64 keys are double-buffered in shared memory through cp.async;
-// the softmax is online, in fp32, in log2 units (exp2f with the scale folded in).
+// One CTA (4 warps of 32 rows) takes one work item (a run of at most TileTokens(group) consecutive
+// tokens of one sequence) for one KV head: the tile's 128 rows are (token, query head) pairs of that
+// KV head, so each K/V tile is loaded once for the whole group. Q K^T and P V are bf16 mma.sync
+// m16n8k16 with fp32 accumulators; K/V tiles of 64 keys are double-buffered in shared memory through
+// cp.async; the softmax is online, in fp32, in log2 units (ex2 with the scale folded in).
 // Head dims 64 and 128; any block size; group sizes up to 128.
 #pragma once
 
