@@ -38,12 +38,12 @@ if [ "${1:-}" != "--device" ]; then
   cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTANDEM_CUDA=ON -DTANDEM_CUDA_ARCHS=90 \
     -DTANDEM_NATIVE=OFF -DTANDEM_WERROR="${TANDEM_WERROR:-OFF}" -DTANDEM_BUILD_BENCHMARKS=ON >/dev/null
   cmake --build "$build" -j"${JOBS:-2}" --target tandem tandem_gpu_tests gpu_engine_bench disagg_bench offline_bench \
-    tandem_grpc_client
+    tandem_grpc_client prefill_attention_bench
   rm -rf "$bundle"
   mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/testdata/models"
   cp "$build"/tandem "$build"/tests/tandem_gpu_tests "$build"/gpu_engine_bench "$build"/disagg_bench "$build"/offline_bench \
-    "$build"/tests/tandem_grpc_client "$bundle/bin/"
-  strip "$bundle"/bin/*
+    "$build"/tests/tandem_grpc_client "$build"/prefill_attention_bench "$bundle/bin/"
+  strip "$bundle"/bin/*  # host symbols only (the device code keeps its line info); keeps the bundle small
   # Shared libraries the device image may lack: everything but the C/C++ runtime and CUDA's own
   # (the device has those in /usr/local/cuda/lib64).
   for bin in "$bundle"/bin/*; do ldd "$bin"; done | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
@@ -59,6 +59,7 @@ if [ "${1:-}" != "--device" ]; then
   mkdir -p "$bundle/configs" && cp configs/models/llama-3.1-8b.json configs/gpu-*.yaml "$bundle/configs/"
   cp benchmarks/gpu/hf_generate_bench.py "$bundle/bin/"
   cp scripts/gpu-run.sh "$bundle/gpu-run.sh"
+  cp benchmarks/gpu/sdpa_bench.py "$bundle/"
   du -sh "$bundle"
   echo "Run on the GPU machine (repo root, carry $bundle):"
   echo "  bash $bundle/gpu-run.sh --device"
@@ -98,8 +99,8 @@ echo "== tandem_gpu_tests"
   tee "$OUT/gpu_tests.log" || status=1
 
 echo "== compute-sanitizer memcheck + racecheck"
-memcheck_filter='KernelParityTest.*:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers'
-racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:KernelParityTest.RmsNorm*:SampleParityTest.SmallBatchForSanitizers'
+memcheck_filter='KernelParityTest.*:PrefillAttentionParityTest.SmallBatchForSanitizers:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers'
+racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:PrefillAttentionParityTest.SmallBatchForSanitizers:KernelParityTest.RmsNorm*:SampleParityTest.SmallBatchForSanitizers'
 if [ "$run_sanitizer" = 0 ]; then
   echo "skipped (--no-sanitizer)" | tee "$OUT/memcheck.log"
 elif command -v compute-sanitizer >/dev/null; then
@@ -176,6 +177,9 @@ if [ "$run_bench" = 1 ]; then
   echo "== gpu_engine_bench --host-sampling (the same, sampling through the host reference)"
   "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" --host-sampling 2>&1 |
     tee "$OUT/bench_host_sampling.log" || status=1
+  echo "== prefill attention alone (tensor-core and CUDA-core kernels, torch flash SDPA; same shape)"
+  "$bin/prefill_attention_bench" 2>&1 | tee "$OUT/attention_bench.log" || status=1
+  python3 "$bundle/sdpa_bench.py" 2>&1 | tee -a "$OUT/attention_bench.log" || status=1
 fi
 
 {
@@ -195,6 +199,7 @@ fi
   echo "## tandem generate (tiny-llama, prompt $prompt, 16 greedy tokens)"
   grep -E '^\{' "$OUT/generate.log" || tail -n 5 "$OUT/generate.log"
   if [ -f "$OUT/bench.log" ]; then echo; sed -n '/^# gpu_engine_bench/,$p' "$OUT/bench.log"; fi
+  if [ -f "$OUT/attention_bench.log" ]; then echo; grep -E '^(#|\|)' "$OUT/attention_bench.log"; fi
   if [ -f "$OUT/disagg_bench.log" ]; then echo; sed -n '/^# disagg_bench/,$p' "$OUT/disagg_bench.log"; fi
   if [ -f "$OUT/serve_compare.txt" ]; then echo; cat "$OUT/serve_compare.txt"; fi
   for f in offline e2e_tandem e2e_hf; do

@@ -20,4 +20,9 @@ cudaError_t LaunchFillRandomBf16(__nv_bfloat16* data, size_t n, uint64_t seed, f
 cudaError_t LaunchReadProbe(const void* data, size_t bytes, uint32_t* sink, int blocks,
                             cudaStream_t stream);
 
+// Tensor-core rate probe: `blocks` CTAs of 8 warps, each warp `iters` x 8 independent bf16
+// mma.sync.m16n8k16 (fp32 accumulate, 4096 FLOPs each); one float per thread to `sink`.
+cudaError_t LaunchMmaRateProbe(int iters, int blocks, float* sink, cudaStream_t stream);
+inline double MmaRateProbeFlops(int iters, int blocks) { return 4096.0 * 8 * 8 * iters * static_cast<double>(blocks); }
+
 }  // namespace tandem::bench

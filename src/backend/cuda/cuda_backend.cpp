@@ -13,6 +13,7 @@
 #include "kernels/gather_rows.cuh"
 #include "kernels/paged_attention.cuh"
 #include "kernels/paged_decode_attention.cuh"
+#include "kernels/paged_prefill_attention.cuh"
 #include "kernels/rms_norm.cuh"
 #include "kernels/sample_rows.cuh"
 #include "kernels/rope_write_kv.cuh"
@@ -23,6 +24,16 @@ namespace tandem {
 namespace {
 
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;
+
+// Tokens per attention work item: the tensor-core prefill kernel's tile where it supports the
+// shape, else the CUDA-core kernel's. RopeAndWriteKv and Attention plan with the same number, so
+// the metadata uploaded once per step is reused by both.
+int32_t AttentionTileTokens(const AttentionParams& params) {
+  const int32_t group = params.num_heads / params.num_kv_heads;
+  return kernels::PagedPrefillAttentionSupports(params.head_dim, group)
+             ? kernels::PagedPrefillAttentionTileTokens(group)
+             : kernels::PagedAttentionTileTokens(group);
+}
 
 class CudaBuffer final : public DeviceBuffer {
  public:
@@ -353,10 +364,8 @@ Status CudaBackend::RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const Ro
   TANDEM_CHECK_EQ(rope.cos.dim(1), rope.rotary_dim / 2);
   if (meta.num_tokens == 0) return OkStatus();
   TANDEM_RETURN_IF_ERROR(SelectDevice());
-  const int32_t group = params.num_heads / params.num_kv_heads;
   TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
-                          attention_metadata_.Prepare(meta, kernels::PagedAttentionTileTokens(group),
-                                                      cache.k.dim(0)));
+                          attention_metadata_.Prepare(meta, AttentionTileTokens(params), cache.k.dim(0)));
   if (view.max_position >= rope.cos.dim(0)) {
     return OutOfRangeError("cuda backend: position " + std::to_string(view.max_position) +
                            " beyond the rope table of " + std::to_string(rope.cos.dim(0)) + " positions");
@@ -390,8 +399,7 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
   TANDEM_RETURN_IF_ERROR(SelectDevice());
   const int32_t group = params.num_heads / params.num_kv_heads;
   TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
-                          attention_metadata_.Prepare(meta, kernels::PagedAttentionTileTokens(group),
-                                                      cache.k.dim(0)));
+                          attention_metadata_.Prepare(meta, AttentionTileTokens(params), cache.k.dim(0)));
   // Decode-only batch (one query per sequence, token i of sequence i): split-KV decode kernel.
   bool decode_only = meta.num_tokens == meta.num_seqs &&
                      kernels::PagedDecodeAttentionSupports(params.head_dim, group);
@@ -428,6 +436,26 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
     }
     p.partial = attention_partial_;
     TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
+    return OkStatus();
+  }
+  if (kernels::PagedPrefillAttentionSupports(params.head_dim, group)) {
+    kernels::PagedPrefillAttentionParams p;
+    p.q = Bf16(q);
+    p.k_cache = Bf16(cache.k);
+    p.v_cache = Bf16(cache.v);
+    p.out = Bf16(out);
+    p.block_tables = view.block_tables;
+    p.positions = view.positions;
+    p.work_items = view.work_items;
+    p.num_work_items = view.num_work_items;
+    p.max_blocks_per_seq = meta.max_blocks_per_seq;
+    p.num_heads = params.num_heads;
+    p.num_kv_heads = params.num_kv_heads;
+    p.head_dim = params.head_dim;
+    p.block_size = meta.block_size;
+    p.sliding_window = params.sliding_window;
+    p.scale = params.scale;
+    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedPrefillAttention(p, stream_));
     return OkStatus();
   }
   kernels::PagedAttentionParams p;

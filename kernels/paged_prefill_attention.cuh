@@ -1,0 +1,53 @@
+// Paged prefill attention on the tensor cores (FlashAttention-2 style): for a flat batch of prefill
+// chunks (decode tokens mixed in are fine), causal over each sequence's cached prefix (a query at
+// position p sees keys (p - window, p] of its own sequence, all of [0, p] without a window), GQA,
+// K/V read through block tables from the cache [num_blocks, num_kv_heads, block_size, head_dim].
+//
+// One CTA (4 warps of 32 rows) takes one work item (a run of at most TileTokens(group) consecutive
+// tokens of one sequence) for one KV head: the tile's 128 rows are (token, query head) pairs of that
+// KV head, so each K/V tile is loaded once for the whole group. Q K^T and P V are bf16 mma.sync
+// m16n8k16 with fp32 accumulators; K/V tiles of 64 keys are double-buffered in shared memory through
+// cp.async; the softmax is online, in fp32, in log2 units (ex2 with the scale folded in).
+// Head dims 64 and 128; any block size; group sizes up to 128.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace tandem::kernels {
+
+// (token, query head) rows one CTA computes.
+inline constexpr int32_t kPagedPrefillAttentionRows = 128;
+
+// Tokens per work item: all query heads of a KV head for each token share one CTA.
+inline int32_t PagedPrefillAttentionTileTokens(int32_t group) { return kPagedPrefillAttentionRows / group; }
+
+// Head dim 64 or 128 and 1 <= group <= 128.
+bool PagedPrefillAttentionSupports(int32_t head_dim, int32_t group);
+
+struct PagedPrefillAttentionParams {
+  const __nv_bfloat16* q = nullptr;        // [num_tokens, num_heads * head_dim]
+  const __nv_bfloat16* k_cache = nullptr;  // [num_blocks, num_kv_heads, block_size, head_dim]
+  const __nv_bfloat16* v_cache = nullptr;
+  __nv_bfloat16* out = nullptr;            // [num_tokens, num_heads * head_dim]
+  const int32_t* block_tables = nullptr;   // device [num_seqs, max_blocks_per_seq]
+  const int32_t* positions = nullptr;      // device [num_tokens]
+  // device [num_work_items, 3]: (sequence, first token, token count <= TileTokens(group)), the
+  // tokens of each sequence in order (later items of a sequence see more keys and start first).
+  const int32_t* work_items = nullptr;
+  int32_t num_work_items = 0;
+  int32_t max_blocks_per_seq = 0;
+  int32_t num_heads = 0;
+  int32_t num_kv_heads = 0;
+  int32_t head_dim = 0;
+  int32_t block_size = 0;
+  int32_t sliding_window = 0;  // 0: none
+  float scale = 1.0f;
+};
+
+// cudaErrorInvalidValue when !PagedPrefillAttentionSupports or num_heads % num_kv_heads != 0.
+cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionParams& params, cudaStream_t stream);
+
+}  // namespace tandem::kernels
