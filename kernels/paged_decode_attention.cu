@@ -48,9 +48,13 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeAttentionKernel(PagedDeco
 
   const int32_t pos = p.positions[seq];
   const int32_t first = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0;
-  const int32_t split_len = (p.max_context + p.num_splits - 1) / p.num_splits;
+  // The sequence's own keys are split (at least kMinKeysPerSplit each), so the grid can be fixed
+  // (a captured graph) while lengths vary: splits past the sequence's keys are empty, and their
+  // partial state (m = -inf, l = 0) weighs nothing in the combine.
+  const int32_t len = pos + 1 - first;
+  const int32_t split_len = max(kMinKeysPerSplit, (len + p.num_splits - 1) / p.num_splits);
   const int32_t r0 = first + split * split_len;
-  const int32_t r1 = min(pos + 1, r0 + split_len);  // keys [r0, r1)
+  const int32_t r1 = min(pos + 1, r0 + split_len);  // keys [r0, r1), empty when r0 > pos
 
   // This lane's 8 dims of every query head, scaled so scores are in log2 units.
   float q[kG][8];

@@ -6,7 +6,8 @@
 // all query heads of that KV head (up to 8). A half-warp (head_dim 128) or a full warp (256) reads
 // one key row with 16-byte loads, several rows in flight per lane. When a sequence's keys are split
 // over several CTAs (few sequences, long contexts), each writes an unnormalized partial result to
-// `partial` and a second kernel combines them.
+// `partial` and a second kernel combines them; splits beyond a sequence's keys are empty and exit
+// at once. The grid depends only on (num_splits, num_kv_heads, num_seqs), never on lengths.
 // Head dims 64, 128, 256 and groups of up to 8 query heads per KV head (others: paged_attention).
 #pragma once
 
@@ -20,7 +21,10 @@ namespace tandem::kernels {
 
 bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group);
 
-// Key splits per sequence for a batch: enough CTAs to fill `num_sms` twice, at least 64 keys each.
+// Key splits per sequence for a batch: enough CTAs to fill `num_sms` twice, at least 64 keys each
+// for a context of `max_context`. Each sequence divides its own keys among the splits (at least
+// 64 per split, the rest empty), so any num_splits is correct for any batch: a graph fixes it from
+// the longest context it may see.
 int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms);
 
 // Floats of `partial` the launch needs (0 when num_splits == 1).
@@ -35,7 +39,6 @@ struct PagedDecodeAttentionParams {
   const int32_t* positions = nullptr;      // device [num_seqs]: the query's position (context - 1)
   float* partial = nullptr;                // device workspace, PagedDecodeAttentionPartialFloats
   int32_t num_seqs = 0;
-  int32_t max_context = 0;                 // largest position + 1 in the batch
   int32_t num_splits = 1;
   int32_t max_blocks_per_seq = 0;
   int32_t num_heads = 0;

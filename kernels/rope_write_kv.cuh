@@ -1,5 +1,6 @@
-// Rotary embedding (HF rotate_half: pairs (i, i + rotary_dim / 2) of the first rotary_dim dims) of
-// q and k in place, fused with writing k and v into the paged KV cache
+// Rotary embedding (HF rotate_half: pairs (i, i + rotary_dim / 2) of the first rotary_dim dims)
+// fused with writing the paged KV cache: reads the fused projection qkv (per token q | k | v),
+// writes rotated q to q_out and rotated k and v into the cache
 // [num_blocks, num_kv_heads, block_size, head_dim] at slot_mapping (a negative slot: not written).
 // fp32 math; cos/sin are the f32 tables the model computed once.
 #pragma once
@@ -12,9 +13,8 @@
 namespace tandem::kernels {
 
 struct RopeWriteKvParams {
-  __nv_bfloat16* q = nullptr;        // [num_tokens, num_heads * head_dim]
-  __nv_bfloat16* k = nullptr;        // [num_tokens, num_kv_heads * head_dim]
-  const __nv_bfloat16* v = nullptr;  // [num_tokens, num_kv_heads * head_dim]
+  const __nv_bfloat16* qkv = nullptr;  // [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim]
+  __nv_bfloat16* q_out = nullptr;      // [num_tokens, num_heads * head_dim]
   __nv_bfloat16* k_cache = nullptr;
   __nv_bfloat16* v_cache = nullptr;
   const float* cos = nullptr;        // [max_positions, rotary_dim / 2]

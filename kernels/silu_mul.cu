@@ -9,20 +9,26 @@ namespace {
 
 __device__ __forceinline__ float SiluTimes(float g, float u) { return g / (1.0f + __expf(-g)) * u; }
 
-// Grid-stride over pairs of elements (n even) or single elements.
+// Grid-stride over pairs of output elements (inter even) or single elements.
 template <bool kPairs>
 __global__ void SiluMulKernel(SiluMulParams p) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   if constexpr (kPairs) {
-    const int64_t pairs = p.n / 2;
+    const int64_t half_inter = p.inter / 2;
+    const int64_t pairs = p.rows * half_inter;
+    const auto* gu = reinterpret_cast<const __nv_bfloat162*>(p.gate_up);
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < pairs; i += stride) {
-      const float2 g = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(p.gate)[i]);
-      const float2 u = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(p.up)[i]);
+      const int64_t r = i / half_inter, c = i % half_inter;
+      const float2 g = __bfloat1622float2(gu[r * p.inter + c]);
+      const float2 u = __bfloat1622float2(gu[r * p.inter + half_inter + c]);
       reinterpret_cast<__nv_bfloat162*>(p.out)[i] = __floats2bfloat162_rn(SiluTimes(g.x, u.x), SiluTimes(g.y, u.y));
     }
   } else {
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < p.n; i += stride) {
-      p.out[i] = __float2bfloat16_rn(SiluTimes(__bfloat162float(p.gate[i]), __bfloat162float(p.up[i])));
+    const int64_t n = p.rows * p.inter;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+      const int64_t r = i / p.inter, c = i % p.inter;
+      const __nv_bfloat16* row = p.gate_up + r * 2 * p.inter;
+      p.out[i] = __float2bfloat16_rn(SiluTimes(__bfloat162float(row[c]), __bfloat162float(row[p.inter + c])));
     }
   }
 }
@@ -30,9 +36,9 @@ __global__ void SiluMulKernel(SiluMulParams p) {
 }  // namespace
 
 cudaError_t LaunchSiluMul(const SiluMulParams& p, cudaStream_t stream) {
-  if (p.n == 0) return cudaSuccess;
-  const bool pairs = p.n % 2 == 0;
-  const int64_t work = pairs ? p.n / 2 : p.n;
+  if (p.rows == 0 || p.inter == 0) return cudaSuccess;
+  const bool pairs = p.inter % 2 == 0;
+  const int64_t work = pairs ? p.rows * p.inter / 2 : p.rows * p.inter;
   const unsigned int blocks = std::min<unsigned int>(CeilDiv(work, 256), 65535u);
   if (pairs) {
     SiluMulKernel<true><<<blocks, 256, 0, stream>>>(p);

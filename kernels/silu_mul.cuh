@@ -1,4 +1,5 @@
-// out = silu(gate) * up, elementwise on bf16 tensors with fp32 math.
+// out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i]: the fused gate|up projection's
+// activation, bf16 in and out with fp32 math.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,10 +10,10 @@
 namespace tandem::kernels {
 
 struct SiluMulParams {
-  const __nv_bfloat16* gate = nullptr;
-  const __nv_bfloat16* up = nullptr;
-  __nv_bfloat16* out = nullptr;
-  int64_t n = 0;  // elements
+  const __nv_bfloat16* gate_up = nullptr;  // [rows, 2 * inter]
+  __nv_bfloat16* out = nullptr;            // [rows, inter]
+  int64_t rows = 0;
+  int64_t inter = 0;
 };
 
 cudaError_t LaunchSiluMul(const SiluMulParams& params, cudaStream_t stream);

@@ -12,8 +12,9 @@
 #                                 its own copy of this script, so it runs what was bundled) runs every GPU test, a
 #                                 compute-sanitizer memcheck pass and a `tandem generate` smoke run;
 #                                 with --bench also gpu_engine_bench (Llama-3.1-8B shape, dummy
-#                                 weights, ~2-3 minutes on an H100; run twice: device sampling, then
-#                                 --host-sampling as the baseline); with --disagg (two GPUs,
+#                                 weights, ~2-3 minutes on an H100; run twice: decode graphs on, then
+#                                 --no-cuda-graphs as the baseline) and the prefill attention bench
+#                                 beside torch SDPA; with --disagg (two GPUs,
 #                                 nvidia-h100-x2) disagg_bench: the NCCL KV handoff of a 1P+1D
 #                                 pair against NCCL p2p and colocated TTFT. The NCCL tests of
 #                                 tandem_gpu_tests run when two GPUs are visible. With --e2e:
@@ -99,7 +100,7 @@ echo "== tandem_gpu_tests"
   tee "$OUT/gpu_tests.log" || status=1
 
 echo "== compute-sanitizer memcheck + racecheck"
-memcheck_filter='KernelParityTest.*:PrefillAttentionParityTest.SmallBatchForSanitizers:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers'
+memcheck_filter='KernelParityTest.*:PrefillAttentionParityTest.SmallBatchForSanitizers:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers:Models/CudaGraphParityTest.GraphReplayEqualsEagerDecodeAcrossBucketsJoinsAndLeaves/*:KvBlockCopyParityTest.*'
 racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:PrefillAttentionParityTest.SmallBatchForSanitizers:KernelParityTest.RmsNorm*:SampleParityTest.SmallBatchForSanitizers'
 if [ "$run_sanitizer" = 0 ]; then
   echo "skipped (--no-sanitizer)" | tee "$OUT/memcheck.log"
@@ -174,9 +175,9 @@ fi
 if [ "$run_bench" = 1 ]; then
   echo "== gpu_engine_bench (llama-3.1-8b shape, dummy weights)"
   "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" 2>&1 | tee "$OUT/bench.log" || status=1
-  echo "== gpu_engine_bench --host-sampling (the same, sampling through the host reference)"
-  "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" --host-sampling 2>&1 |
-    tee "$OUT/bench_host_sampling.log" || status=1
+  echo "== gpu_engine_bench --no-cuda-graphs (the same, decode steps launched eagerly)"
+  "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" --no-cuda-graphs 2>&1 |
+    tee "$OUT/bench_no_graphs.log" || status=1
   echo "== prefill attention alone (tensor-core and CUDA-core kernels, torch flash SDPA; same shape)"
   "$bin/prefill_attention_bench" 2>&1 | tee "$OUT/attention_bench.log" || status=1
   python3 "$bundle/sdpa_bench.py" 2>&1 | tee -a "$OUT/attention_bench.log" || status=1
@@ -193,7 +194,7 @@ fi
   echo "## measured"
   grep -E '^\[ [a-z].*\] ' "$OUT/gpu_tests.log" || true
   echo
-  echo "## compute-sanitizer (memcheck: kernel tests + chunked prefill; racecheck: attention, rmsnorm)"
+  echo "## compute-sanitizer (memcheck: kernel tests + chunked prefill + decode graphs; racecheck: attention, rmsnorm)"
   grep -E 'tests? from .* ran|PASSED|FAILED|ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/memcheck.log" || true
   echo
   echo "## tandem generate (tiny-llama, prompt $prompt, 16 greedy tokens)"
@@ -205,8 +206,8 @@ fi
   for f in offline e2e_tandem e2e_hf; do
     if [ -f "$OUT/$f.log" ]; then echo; grep -E '^(#|\|)' "$OUT/$f.log"; fi
   done
-  if [ -f "$OUT/bench_host_sampling.log" ]; then
-    echo; sed -n '/^# gpu_engine_bench/,/^prefill floor/p' "$OUT/bench_host_sampling.log"
+  if [ -f "$OUT/bench_no_graphs.log" ]; then
+    echo; sed -n '/^# gpu_engine_bench/,/^prefill floor/p' "$OUT/bench_no_graphs.log"
   fi
 } >"$OUT/results.md"
 cat "$OUT/results.md"

@@ -10,10 +10,11 @@
 // time per step (CLOCK_THREAD_CPUTIME_ID around Engine::Step, with blocking sync so waiting for the
 // GPU is not counted as CPU time).
 //
-//   gpu_engine_bench [--config FILE] [--quick] [--host-sampling]
+//   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs]
 // --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
 // every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
-// the device-sampling change, measured on the same machine.
+// the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
+// eagerly (EngineConfig::enable_cuda_graphs off), the "before" of decode graphs.
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
 #include <cuda_runtime_api.h>
 #include <spdlog/spdlog.h>
@@ -331,13 +332,10 @@ class HostSamplingBackend final : public Backend {
   Status Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override {
     return inner_->Linear(x, weight, bias, out);
   }
-  Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) override {
-    return inner_->SiluMul(gate, up, out);
-  }
-  Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
-                        const AttentionParams& params, const AttentionMetadata& meta,
-                        KvLayerView cache) override {
-    return inner_->RopeAndWriteKv(q, k, v, rope, params, meta, cache);
+  Status SiluMul(const Tensor& gate_up, Tensor out) override { return inner_->SiluMul(gate_up, out); }
+  Status RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope, const AttentionParams& params,
+                        const AttentionMetadata& meta, KvLayerView cache) override {
+    return inner_->RopeAndWriteKv(qkv, q_out, rope, params, meta, cache);
   }
   Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
                    const AttentionMetadata& meta, Tensor out) override {
@@ -351,7 +349,7 @@ class HostSamplingBackend final : public Backend {
   std::unique_ptr<CudaBackend> inner_;
 };
 
-Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling) {
+Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs) {
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -381,6 +379,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   ec.max_num_seqs = max_batch;
   ec.max_model_len = 8192 + 256;
   ec.enable_prefix_caching = false;
+  ec.enable_cuda_graphs = cuda_graphs;
   ec.num_kv_blocks = max_batch * ((ctx + decode_tokens + 15) / 16) + 8;
   std::unique_ptr<Backend> engine_backend;
   if (host_sampling) {
@@ -440,8 +439,8 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   const double t_end = WallNow();
 
   const double weight_bytes = static_cast<double>(WeightBytes(config));
-  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling (%s, %d SMs, %.1f GiB)\n\n",
-              config_path.filename().c_str(), host_sampling ? "host" : "device", prop.name,
+  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling, decode graphs %s (%s, %d SMs, %.1f GiB)\n\n",
+              config_path.filename().c_str(), host_sampling ? "host" : "device", cuda_graphs ? "on" : "off", prop.name,
               prop.multiProcessorCount,
               static_cast<double>(prop.totalGlobalMem) / (1 << 30));
   std::printf("wall: micro-benchmarks %.0f s, engine load %.0f s, engine phases %.0f s\n\n",
@@ -497,6 +496,7 @@ int main(int argc, char** argv) {
   std::filesystem::path config = std::filesystem::path(TANDEM_SOURCE_ROOT) / "configs" / "models" / "llama-3.1-8b.json";
   bool quick = false;
   bool host_sampling = false;
+  bool cuda_graphs = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
@@ -505,13 +505,15 @@ int main(int argc, char** argv) {
       quick = true;
     } else if (a == "--host-sampling") {
       host_sampling = true;
+    } else if (a == "--no-cuda-graphs") {
+      cuda_graphs = false;
     } else {
-      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling]\n");
+      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs]\n");
       return 2;
     }
   }
   spdlog::set_level(spdlog::level::warn);
-  const tandem::Status s = tandem::Run(config, quick, host_sampling);
+  const tandem::Status s = tandem::Run(config, quick, host_sampling, cuda_graphs);
   if (!s.ok()) {
     std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
     return 1;

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -108,12 +109,14 @@ class Backend {
                          Tensor out) = 0;
   // out[T, N] = x[T, K] @ weight[N, K]^T (+ bias[N]).
   virtual Status Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) = 0;
-  // out[T, I] = silu(gate[T, I]) * up[T, I].
-  virtual Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) = 0;
-  // Rotates q [T, num_heads * head_dim] and k [T, num_kv_heads * head_dim] in place (HF
-  // rotate_half convention) at `meta.positions`, then writes k and v into the cache at
-  // `meta.slot_mapping`.
-  virtual Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+  // out[T, I] = silu(gate) * up, where gate_up [T, 2I] is the fused projection: per row the I gate
+  // values, then the I up values.
+  virtual Status SiluMul(const Tensor& gate_up, Tensor out) = 0;
+  // qkv [T, (num_heads + 2 * num_kv_heads) * head_dim] is the fused projection: per row q, then k,
+  // then v. Writes q rotated (HF rotate_half convention, at `meta.positions`) into
+  // q_out [T, num_heads * head_dim], and k rotated and v into the cache at `meta.slot_mapping`
+  // (a negative slot is not written: padded rows of a fixed-size batch). qkv is not modified.
+  virtual Status RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
                                 const AttentionParams& params, const AttentionMetadata& meta,
                                 KvLayerView cache) = 0;
   // Causal attention of q [T, num_heads * head_dim] over the paged cache (which already holds
@@ -132,6 +135,42 @@ class Backend {
   // CPU backend uses it, so its results are those of SampleToken bit for bit).
   virtual Status SampleRows(const Tensor& logits, std::span<const SampleInput> inputs,
                             std::span<SampleOutput> outputs);
+
+  // --- decode-step graphs (optional: CUDA graphs) -------------------------------------------------
+  // A backend that supports them records the ops of a decode step once per padded batch size and
+  // replays them. The model drives it (LlamaModel::ForwardToBackend); every other backend runs each
+  // step eagerly. One graphed step:
+  //   StageDecodeInputs(ids, meta, num_kv_blocks)  -- the padded batch's token ids and metadata into
+  //                                                   fixed buffers (one async copy);
+  //   RunDecodeGraph(key, capture, record)         -- record() enqueues the step's ops, which read the
+  //                                                   staged inputs instead of uploading their own.
+  virtual bool SupportsDecodeGraphs() const { return false; }
+  // Allocates the fixed input buffers and workspaces for decode batches of up to `max_batch`
+  // sequences with block tables of up to `max_blocks_per_seq` blocks of `block_size` tokens.
+  // Unimplemented when the backend has no graphs (the model stays eager).
+  virtual Status ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_per_seq, int32_t block_size,
+                                     const AttentionParams& params) {
+    return UnimplementedError(std::string(name()) + " backend: no decode graphs");
+  }
+  // A decode batch (one token per sequence, token i of sequence i; rows past the real batch padded
+  // with a negative slot) into the fixed buffers, validated against a cache of `num_kv_blocks`
+  // blocks like Attention validates its metadata. meta.max_blocks_per_seq is the tables' width (at
+  // most the reserved one); the inputs' addresses depend on (num_seqs, width), so a graph key must
+  // determine both.
+  virtual Status StageDecodeInputs(std::span<const int32_t> token_ids, const AttentionMetadata& meta,
+                                   int64_t num_kv_blocks) {
+    return UnimplementedError(std::string(name()) + " backend: no decode graphs");
+  }
+  // Runs the step: record() enqueues its ops (Embedding, RmsNorm, Linear, RopeAndWriteKv,
+  // Attention, SiluMul, Copy), whose ids and metadata arguments must describe the staged batch.
+  // With `capture`, the ops are recorded once per `key` into a graph that later calls replay
+  // (record() not called); a key seen for the first time runs record() eagerly, then captures it.
+  // Without `capture` every call runs record() eagerly on the staged inputs.
+  virtual Status RunDecodeGraph(int32_t key, bool capture, const std::function<Status()>& record) {
+    return UnimplementedError(std::string(name()) + " backend: no decode graphs");
+  }
+  // Drops every recorded graph (the buffers they read moved).
+  virtual void ClearDecodeGraphs() {}
 
   // --- KV block transfer (disaggregated prefill/decode) ---------------------------------------------
   // One block of one layer's K (or V) is contiguous in the cache ([num_kv_heads, block_size,

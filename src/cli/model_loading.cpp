@@ -37,6 +37,8 @@ void AddModelFlags(CLI::App* cmd, ModelFlags* f) {
   cmd->add_option("--max-num-seqs", f->engine.max_num_seqs, "Sequences per step")->capture_default_str();
   cmd->add_option("--max-model-len", f->engine.max_model_len, "Longest sequence (0: the model's)");
   cmd->add_flag("!--no-prefix-caching", f->engine.enable_prefix_caching, "Disable the prefix cache");
+  cmd->add_flag("!--no-cuda-graphs", f->engine.enable_cuda_graphs,
+                "CUDA: run decode steps eagerly instead of through CUDA graphs");
   cmd->add_option("--scheduling-policy", f->engine.scheduling_policy, "fcfs or priority")
       ->capture_default_str();
   cmd->add_option("--engine-seed", f->engine.seed, "Seeds requests that bring no seed");

@@ -133,6 +133,7 @@ StatusOr<DeploymentConfig> ParseDeploymentConfig(std::string_view yaml_text,
   engine.Get("max_model_len", &e.max_model_len);
   engine.Get("enable_prefix_caching", &e.enable_prefix_caching);
   engine.Get("enable_chunked_prefill", &e.enable_chunked_prefill);
+  engine.Get("enable_cuda_graphs", &e.enable_cuda_graphs);
   engine.Get("scheduling_policy", &e.scheduling_policy);
   engine.Get("seed", &e.seed);
   engine.Finish();

@@ -6,7 +6,8 @@
 //   log_level: info
 //   model:   {path, name, backend, threads, device, gpu_memory_utilization, dummy_weights, dummy_seed}
 //   engine:  {block_size, num_kv_blocks, kv_cache_gib, max_num_batched_tokens, max_num_seqs,
-//             max_model_len, enable_prefix_caching, enable_chunked_prefill, scheduling_policy, seed}
+//             max_model_len, enable_prefix_caching, enable_chunked_prefill, enable_cuda_graphs,
+//             scheduling_policy, seed}
 //   server:  {listen, max_live_requests, max_threads, shutdown_grace_s, poll_interval_ms}
 //
 // A relative model.path is resolved against the directory of the config file.

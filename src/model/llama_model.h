@@ -17,6 +17,7 @@
 #include "backend/backend.h"
 #include "kv/kv_cache.h"
 #include "model/model_config.h"
+#include "model/tensor_specs.h"
 #include "model/weight_source.h"
 
 namespace tandem {
@@ -28,6 +29,13 @@ struct ModelInput {
   // Optional: called once per layer right after that layer's K/V writes were enqueued (the KV
   // streamer of a prefill worker sends layer l while l + 1 computes).
   std::function<Status(int32_t layer)> after_layer_kv;
+};
+
+// Decode steps through the backend's graphs (Backend::RunDecodeGraph).
+struct DecodeGraphOptions {
+  int32_t max_batch = 0;   // largest batch graphed: at most the workspace's tokens and rows
+  int32_t block_size = 0;  // the KV cache's
+  bool capture = true;     // false: the same padded fixed-shape steps, launched eagerly (tests)
 };
 
 class LlamaModel {
@@ -47,6 +55,16 @@ class LlamaModel {
   // what is left).
   Status ReserveWorkspace(int64_t max_tokens, int64_t max_rows);
 
+  // From now on, decode-only steps (one token per sequence, every row's logits asked for) of up to
+  // options.max_batch sequences are padded to a bucket size (DecodeGraphBuckets) and a table width
+  // (a power of two) and run through the backend's decode graphs; other steps stay eager.
+  // Unimplemented when the backend has no graphs for this model (nothing changes). Call after
+  // ReserveWorkspace.
+  Status EnableDecodeGraphs(const DecodeGraphOptions& options);
+  bool decode_graphs_enabled() const { return graphs_enabled_; }
+  // 1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, then every 128, up to max_batch (included).
+  static std::vector<int32_t> DecodeGraphBuckets(int32_t max_batch);
+
   // logits: resized to [logits_rows.size(), vocab_size], row-major.
   Status Forward(const ModelInput& input, const KvCache& cache, std::vector<float>* logits);
   // The same, leaving the logits on the backend: f32 [logits_rows.size(), vocab_size] in the
@@ -55,17 +73,30 @@ class LlamaModel {
   StatusOr<Tensor> ForwardToBackend(const ModelInput& input, const KvCache& cache);
 
  private:
+  // q|k|v and gate|up are fused at load (rows stacked): one Linear each.
   struct LayerWeights {
     Tensor input_norm, post_norm;
-    Tensor q, k, v, o;
-    Tensor q_bias, k_bias, v_bias, o_bias;
-    Tensor gate, up, down;
-    Tensor gate_bias, up_bias, down_bias;
+    Tensor qkv, o;            // qkv [q_dim + 2 kv_dim, H]
+    Tensor qkv_bias, o_bias;
+    Tensor gate_up, down;     // gate_up [2 I, H]
+    Tensor gate_up_bias, down_bias;
   };
 
   LlamaModel(const ModelConfig& config, Backend& backend) : config_(config), backend_(backend) {}
   Status UploadAll(const WeightSource& weights);
+  // `spec` from `weights`, checked against the config's shape and a float dtype.
+  StatusOr<HostTensor> GetChecked(const WeightSource& weights, const ExpectedTensor& spec) const;
+  // Uploads one weight, keeping its storage (or, zero copy, its host bytes) with the model.
+  StatusOr<Tensor> Upload(const HostTensor& host);
   StatusOr<Tensor> Scratch(size_t slot, DType dtype, std::initializer_list<int64_t> dims);
+  // Embedding and every decoder layer over the step's tokens: leaves the last layer's output in
+  // the kHidden slot and the residual stream in kResidual.
+  // Embedding and every layer; `after_layer_kv` (may be empty) runs after each layer's K/V writes
+  // were enqueued. Graph capture passes none: only prefill steps stream KV, and they run eagerly.
+  Status RunLayers(std::span<const int32_t> token_ids, const AttentionMetadata& meta, const KvCache& cache,
+                   const std::function<Status(int32_t)>& after_layer_kv);
+  bool IsGraphableDecode(const ModelInput& input) const;
+  StatusOr<Tensor> ForwardDecodeGraph(const ModelInput& input, const KvCache& cache);
 
   ModelConfig config_;
   Backend& backend_;
@@ -79,6 +110,16 @@ class LlamaModel {
   AttentionParams attention_params_;
   // Grow-only activation buffers, one per slot, reused every step.
   std::vector<std::unique_ptr<DeviceBuffer>> scratch_;
+  int64_t reserved_tokens_ = 0, reserved_rows_ = 0;
+  // Decode graphs: constant after EnableDecodeGraphs, but for the padded per-step inputs (sized
+  // there, refilled every graphed step).
+  bool graphs_enabled_ = false;
+  DecodeGraphOptions graph_options_;
+  std::vector<int32_t> graph_buckets_;
+  int32_t graph_max_blocks_ = 0;
+  std::vector<int32_t> graph_ids_, graph_positions_, graph_query_start_, graph_context_lens_,
+      graph_tables_;
+  std::vector<int64_t> graph_slots_;
 };
 
 }  // namespace tandem

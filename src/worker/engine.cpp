@@ -77,8 +77,23 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
   engine->weights_ = std::move(weights);
   TANDEM_ASSIGN_OR_RETURN(engine->model_, LlamaModel::Load(model_config, *engine->weights_,
                                                            *engine->backend_, engine->max_model_len_));
-  TANDEM_RETURN_IF_ERROR(engine->model_->ReserveWorkspace(
-      config.max_num_batched_tokens, std::min(config.max_num_batched_tokens, config.max_num_seqs)));
+  const int32_t max_rows = std::min(config.max_num_batched_tokens, config.max_num_seqs);
+  TANDEM_RETURN_IF_ERROR(engine->model_->ReserveWorkspace(config.max_num_batched_tokens, max_rows));
+  if (config.enable_cuda_graphs && engine->backend_->SupportsDecodeGraphs()) {
+    // Before the KV cache takes what is left of the device: the graphs' buffers are fixed.
+    DecodeGraphOptions graphs;
+    graphs.max_batch = max_rows;
+    graphs.block_size = config.block_size;
+    const Status enabled = engine->model_->EnableDecodeGraphs(graphs);
+    if (enabled.ok()) {
+      spdlog::info("engine: decode steps of up to {} sequences run through graphs (captured on first use)",
+                   max_rows);
+    } else if (enabled.code() == StatusCode::kUnimplemented) {
+      spdlog::warn("engine: decode graphs off: {}", enabled.ToString());
+    } else {
+      return enabled;
+    }
+  }
   KvCacheShape shape;
   shape.num_layers = static_cast<int32_t>(model_config.num_layers);
   shape.block_size = config.block_size;

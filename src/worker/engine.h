@@ -61,6 +61,9 @@ struct EngineConfig {
   int64_t max_model_len = 0;
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;
+  // Decode-only steps through the backend's graphs (CUDA graphs; LlamaModel::EnableDecodeGraphs),
+  // where the backend has them. Backends without graphs ignore it.
+  bool enable_cuda_graphs = true;
   std::string scheduling_policy = "fcfs";
   // Seeds the per-request seeds of requests that do not bring one.
   uint64_t seed = 0;

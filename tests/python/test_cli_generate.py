@@ -91,6 +91,15 @@ def test_greedy_is_deterministic_and_respects_max_tokens():
     assert long_ids[:3] == short_ids
 
 
+def test_no_cuda_graphs_is_accepted_and_changes_nothing_on_the_cpu():
+    args = ["--model", model_dir("tiny-llama"), "--prompt-ids", "1,2,3", "--max-tokens", 4,
+            "--temperature", 0, "--ignore-eos", "--format", "json"]
+    rc1, out1, err1 = generate(*args)
+    rc2, out2, err2 = generate(*args, "--no-cuda-graphs")
+    assert rc1 == 0 and rc2 == 0, err1 + err2
+    assert json.loads(out1.splitlines()[-1])["token_ids"] == json.loads(out2.splitlines()[-1])["token_ids"]
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_golden_prompts_file_matches_greedy_goldens(name, tmp_path):
     g = goldens(name)

@@ -42,7 +42,7 @@ model: {path: /m, name: m1, backend: cuda, threads: 3, device: 1, gpu_memory_uti
         dummy_weights: true, dummy_seed: 9}
 engine: {block_size: 32, num_kv_blocks: 100, kv_cache_gib: 1.5, max_num_batched_tokens: 512,
          max_num_seqs: 8, max_model_len: 1024, enable_prefix_caching: false,
-         enable_chunked_prefill: no, scheduling_policy: priority, seed: 5}
+         enable_chunked_prefill: no, enable_cuda_graphs: false, scheduling_policy: priority, seed: 5}
 server: {listen: "0.0.0.0:9000", max_live_requests: 7, max_threads: 20, shutdown_grace_s: 2.5,
          poll_interval_ms: 10}
 )");
@@ -64,6 +64,7 @@ server: {listen: "0.0.0.0:9000", max_live_requests: 7, max_threads: 20, shutdown
   EXPECT_EQ(config->engine.max_model_len, 1024);
   EXPECT_FALSE(config->engine.enable_prefix_caching);
   EXPECT_FALSE(config->engine.enable_chunked_prefill);
+  EXPECT_FALSE(config->engine.enable_cuda_graphs);
   EXPECT_EQ(config->engine.scheduling_policy, "priority");
   EXPECT_EQ(config->engine.seed, 5u);
   EXPECT_EQ(config->server.listen, "0.0.0.0:9000");

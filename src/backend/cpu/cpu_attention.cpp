@@ -29,31 +29,40 @@ float Dot(const float* a, const float* b, int32_t n) {
 
 }  // namespace
 
-void RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+void RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
                     const AttentionParams& params, const AttentionMetadata& meta,
                     KvLayerView cache, ThreadPool& pool) {
   const int32_t hd = params.head_dim;
   const int32_t half = rope.rotary_dim / 2;
   const int64_t max_pos = rope.cos.dim(0);
   const int32_t bs = meta.block_size;
+  const int32_t nh = params.num_heads;
   const int32_t nkv = params.num_kv_heads;
+  const int64_t row = static_cast<int64_t>(nh + 2 * nkv) * hd;
+  TANDEM_CHECK_EQ(qkv.numel(), static_cast<int64_t>(meta.num_tokens) * row);
+  TANDEM_CHECK_GE(q_out.numel(), static_cast<int64_t>(meta.num_tokens) * nh * hd);
   pool.ParallelFor(meta.num_tokens, 8, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int32_t pos = meta.positions[t];
       TANDEM_CHECK(pos >= 0 && pos < max_pos) << "position " << pos << " beyond rope table";
       const float* cos = rope.cos.as<const float>() + static_cast<int64_t>(pos) * half;
       const float* sin = rope.sin.as<const float>() + static_cast<int64_t>(pos) * half;
-      float* qt = q.as<float>() + t * params.num_heads * hd;
-      for (int32_t h = 0; h < params.num_heads; ++h) Rotate(qt + h * hd, cos, sin, half);
-      float* kt = k.as<float>() + t * nkv * hd;
-      for (int32_t h = 0; h < nkv; ++h) Rotate(kt + h * hd, cos, sin, half);
-      const float* vt = v.as<const float>() + t * nkv * hd;
+      const float* src = qkv.as<const float>() + t * row;
+      float* qt = q_out.as<float>() + t * nh * hd;
+      std::copy(src, src + static_cast<int64_t>(nh) * hd, qt);
+      for (int32_t h = 0; h < nh; ++h) Rotate(qt + h * hd, cos, sin, half);
       const int64_t slot = meta.slot_mapping[t];
+      if (slot < 0) continue;  // a padded row: nothing to write
+      const float* kt = src + static_cast<int64_t>(nh) * hd;
+      const float* vt = kt + static_cast<int64_t>(nkv) * hd;
       const int64_t block = slot / bs;
       const int64_t offset = slot % bs;
       for (int32_t h = 0; h < nkv; ++h) {
+        // k is rotated where it lands, in the cache.
         const int64_t dst = ((block * nkv + h) * bs + offset) * hd;
-        std::copy(kt + h * hd, kt + (h + 1) * hd, cache.k.as<float>() + dst);
+        float* k_dst = cache.k.as<float>() + dst;
+        std::copy(kt + h * hd, kt + (h + 1) * hd, k_dst);
+        Rotate(k_dst, cos, sin, half);
         std::copy(vt + h * hd, vt + (h + 1) * hd, cache.v.as<float>() + dst);
       }
     }

@@ -8,7 +8,9 @@
 
 namespace tandem::cpu {
 
-void RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+// Backend::RopeAndWriteKv: qkv [T, (nh + 2 nkv) hd] fused, rotated q into q_out, k and v into the
+// cache (negative slots skipped).
+void RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
                     const AttentionParams& params, const AttentionMetadata& meta,
                     KvLayerView cache, ThreadPool& pool);
 

@@ -129,24 +129,27 @@ Status CpuBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor& b
   return OkStatus();
 }
 
-Status CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor out) {
-  const int64_t n = gate.numel();
-  const float* g = gate.as<const float>();
-  const float* u = up.as<const float>();
+Status CpuBackend::SiluMul(const Tensor& gate_up, Tensor out) {
+  const int64_t rows = out.numel() == 0 ? 0 : gate_up.dim(0);
+  const int64_t inter = rows == 0 ? 0 : out.numel() / rows;
+  TANDEM_CHECK_EQ(gate_up.numel(), 2 * rows * inter);
+  const float* gu = gate_up.as<const float>();
   float* o = out.as<float>();
-  pool_->ParallelFor(n, 4096, [&](int64_t begin, int64_t end) {
+  pool_->ParallelFor(rows * inter, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float silu = g[i] / (1.0f + std::exp(-g[i]));
-      o[i] = silu * u[i];
+      const int64_t r = i / inter, c = i % inter;
+      const float g = gu[r * 2 * inter + c];
+      const float silu = g / (1.0f + std::exp(-g));
+      o[i] = silu * gu[r * 2 * inter + inter + c];
     }
   });
   return OkStatus();
 }
 
-Status CpuBackend::RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+Status CpuBackend::RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
                                   const AttentionParams& params, const AttentionMetadata& meta,
                                   KvLayerView cache) {
-  cpu::RopeAndWriteKv(q, k, v, rope, params, meta, cache, *pool_);
+  cpu::RopeAndWriteKv(qkv, q_out, rope, params, meta, cache, *pool_);
   return OkStatus();
 }
 

@@ -34,8 +34,8 @@ class CpuBackend final : public Backend {
   Status RmsNorm(const Tensor& x, Tensor residual, const Tensor& weight, float eps,
                  Tensor out) override;
   Status Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override;
-  Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) override;
-  Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+  Status SiluMul(const Tensor& gate_up, Tensor out) override;
+  Status RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
                         const AttentionParams& params, const AttentionMetadata& meta,
                         KvLayerView cache) override;
   Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,

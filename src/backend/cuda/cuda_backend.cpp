@@ -25,16 +25,6 @@ namespace {
 
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;
 
-// Tokens per attention work item: the tensor-core prefill kernel's tile where it supports the
-// shape, else the CUDA-core kernel's. RopeAndWriteKv and Attention plan with the same number, so
-// the metadata uploaded once per step is reused by both.
-int32_t AttentionTileTokens(const AttentionParams& params) {
-  const int32_t group = params.num_heads / params.num_kv_heads;
-  return kernels::PagedPrefillAttentionSupports(params.head_dim, group)
-             ? kernels::PagedPrefillAttentionTileTokens(group)
-             : kernels::PagedAttentionTileTokens(group);
-}
-
 class CudaBuffer final : public DeviceBuffer {
  public:
   CudaBuffer(int device, void* data, size_t size) : device_(device), data_(data), size_(size) {}
@@ -63,6 +53,13 @@ void CheckBf16(const Tensor& t, const char* what) {
 }
 
 }  // namespace
+
+int32_t CudaBackend::AttentionTileTokens(const AttentionParams& params) {
+  const int32_t group = params.num_heads / params.num_kv_heads;
+  return kernels::PagedPrefillAttentionSupports(params.head_dim, group)
+             ? kernels::PagedPrefillAttentionTileTokens(group)
+             : kernels::PagedAttentionTileTokens(group);
+}
 
 StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(const CudaBackendOptions& options) {
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(options));
@@ -126,6 +123,9 @@ CudaBackend::~CudaBackend() {
 }
 
 Status CudaBackend::SelectDevice() const {
+  // cudaGetDevice first: cheap, and nothing device-wide happens inside a graph capture.
+  int current = -1;
+  if (cudaGetDevice(&current) == cudaSuccess && current == device_) return OkStatus();
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   return OkStatus();
 }
@@ -231,9 +231,15 @@ Status CudaBackend::Embedding(std::span<const int32_t> ids, const Tensor& table,
   }
   if (ids.empty()) return OkStatus();
   TANDEM_RETURN_IF_ERROR(SelectDevice());
-  TANDEM_RETURN_IF_ERROR(ids_upload_.Upload(ids.data(), ids.size_bytes(), /*reuse_if_same=*/false));
   kernels::EmbeddingParams p;
-  p.ids = static_cast<const int32_t*>(ids_upload_.device());
+  if (decode_graphs_.active()) {
+    // A decode graph step: the ids were staged with the batch.
+    TANDEM_CHECK_EQ(static_cast<int64_t>(ids.size()), decode_graphs_.staged().num_seqs);
+    p.ids = decode_graphs_.staged().token_ids;
+  } else {
+    TANDEM_RETURN_IF_ERROR(ids_upload_.Upload(ids.data(), ids.size_bytes(), /*reuse_if_same=*/false));
+    p.ids = static_cast<const int32_t*>(ids_upload_.device());
+  }
   p.table = Bf16(table);
   p.out = Bf16(out);
   p.num_tokens = static_cast<int32_t>(ids.size());
@@ -312,18 +318,18 @@ Status CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor& 
   return OkStatus();
 }
 
-Status CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor out) {
-  CheckBf16(gate, "silu gate");
-  CheckBf16(up, "silu up");
+Status CudaBackend::SiluMul(const Tensor& gate_up, Tensor out) {
+  CheckBf16(gate_up, "silu gate_up");
   CheckBf16(out, "silu output");
-  TANDEM_CHECK_EQ(gate.numel(), up.numel());
-  TANDEM_CHECK_EQ(gate.numel(), out.numel());
+  const int64_t rows = gate_up.dim(0);
+  TANDEM_CHECK_EQ(gate_up.numel(), 2 * out.numel());
+  TANDEM_CHECK_EQ(out.dim(0), rows);
   TANDEM_RETURN_IF_ERROR(SelectDevice());
   kernels::SiluMulParams p;
-  p.gate = Bf16(gate);
-  p.up = Bf16(up);
+  p.gate_up = Bf16(gate_up);
   p.out = Bf16(out);
-  p.n = gate.numel();
+  p.rows = rows;
+  p.inter = rows == 0 ? 0 : out.numel() / rows;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSiluMul(p, stream_));
   return OkStatus();
 }
@@ -352,28 +358,28 @@ Status CudaBackend::CheckAttentionParams(const AttentionParams& params, const Kv
   return OkStatus();
 }
 
-Status CudaBackend::RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+Status CudaBackend::RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
                                    const AttentionParams& params, const AttentionMetadata& meta,
                                    KvLayerView cache) {
   TANDEM_RETURN_IF_ERROR(CheckAttentionParams(params, cache, meta));
-  CheckBf16(q, "q");
-  CheckBf16(k, "k");
-  CheckBf16(v, "v");
+  CheckBf16(qkv, "qkv");
+  CheckBf16(q_out, "q");
+  TANDEM_CHECK_EQ(qkv.numel(), static_cast<int64_t>(meta.num_tokens) *
+                                   (params.num_heads + 2 * params.num_kv_heads) * params.head_dim);
+  TANDEM_CHECK_GE(q_out.numel(), static_cast<int64_t>(meta.num_tokens) * params.num_heads * params.head_dim);
   TANDEM_CHECK(rope.cos.dtype == DType::kF32 && rope.sin.dtype == DType::kF32);
   TANDEM_CHECK(rope.rotary_dim > 0 && rope.rotary_dim <= params.head_dim && rope.rotary_dim % 2 == 0);
   TANDEM_CHECK_EQ(rope.cos.dim(1), rope.rotary_dim / 2);
   if (meta.num_tokens == 0) return OkStatus();
   TANDEM_RETURN_IF_ERROR(SelectDevice());
-  TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
-                          attention_metadata_.Prepare(meta, AttentionTileTokens(params), cache.k.dim(0)));
+  TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view, AttentionView(params, meta, cache));
   if (view.max_position >= rope.cos.dim(0)) {
     return OutOfRangeError("cuda backend: position " + std::to_string(view.max_position) +
                            " beyond the rope table of " + std::to_string(rope.cos.dim(0)) + " positions");
   }
   kernels::RopeWriteKvParams p;
-  p.q = Bf16(q);
-  p.k = Bf16(k);
-  p.v = Bf16(v);
+  p.qkv = Bf16(qkv);
+  p.q_out = Bf16(q_out);
   p.k_cache = Bf16(cache.k);
   p.v_cache = Bf16(cache.v);
   p.cos = rope.cos.as<const float>();
@@ -396,6 +402,7 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
   CheckBf16(q, "q");
   CheckBf16(out, "attention output");
   if (meta.num_tokens == 0) return OkStatus();
+  if (decode_graphs_.active()) return StagedDecodeAttention(q, cache, params, out);
   TANDEM_RETURN_IF_ERROR(SelectDevice());
   const int32_t group = params.num_heads / params.num_kv_heads;
   TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
@@ -413,8 +420,7 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
     p.block_tables = view.block_tables;
     p.positions = view.positions;
     p.num_seqs = meta.num_seqs;
-    p.max_context = view.max_position + 1;
-    p.num_splits = kernels::PagedDecodeAttentionSplits(meta.num_seqs, params.num_kv_heads, p.max_context, num_sms_);
+    p.num_splits = kernels::PagedDecodeAttentionSplits(meta.num_seqs, params.num_kv_heads, view.max_position + 1, num_sms_);
     p.max_blocks_per_seq = meta.max_blocks_per_seq;
     p.num_heads = params.num_heads;
     p.num_kv_heads = params.num_kv_heads;

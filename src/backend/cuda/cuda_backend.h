@@ -25,6 +25,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend_factory.h"
+#include "backend/cuda/decode_graphs.h"
 #include "backend/cuda/device_attention_metadata.h"
 #include "backend/cuda/pinned_upload.h"
 
@@ -54,8 +55,8 @@ class CudaBackend final : public Backend {
   Status RmsNorm(const Tensor& x, Tensor residual, const Tensor& weight, float eps,
                  Tensor out) override;
   Status Linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor out) override;
-  Status SiluMul(const Tensor& gate, const Tensor& up, Tensor out) override;
-  Status RopeAndWriteKv(Tensor q, Tensor k, const Tensor& v, const RopeTables& rope,
+  Status SiluMul(const Tensor& gate_up, Tensor out) override;
+  Status RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
                         const AttentionParams& params, const AttentionMetadata& meta,
                         KvLayerView cache) override;
   Status CheckSupported(const AttentionParams& params) const override;
@@ -81,6 +82,16 @@ class CudaBackend final : public Backend {
   // ([K|V][num_ids][block bytes]); `device_block_ids` must stay valid until the kernel ran.
   Status GatherKvLayerOnDevice(const KvLayerView& layer, const int32_t* device_block_ids,
                                int32_t num_ids, void* device_dst);
+  // Decode graphs (decode_graphs.h): while a step runs inside RunDecodeGraph, Embedding,
+  // RopeAndWriteKv and Attention read the staged inputs (fixed addresses) and upload nothing, and
+  // Attention takes the split-KV decode kernel with a split count fixed per batch size.
+  bool SupportsDecodeGraphs() const override { return true; }
+  Status ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_per_seq, int32_t block_size,
+                             const AttentionParams& params) override;
+  Status StageDecodeInputs(std::span<const int32_t> token_ids, const AttentionMetadata& meta,
+                           int64_t num_kv_blocks) override;
+  Status RunDecodeGraph(int32_t key, bool capture, const std::function<Status()>& record) override;
+  void ClearDecodeGraphs() override;
 
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
@@ -92,6 +103,16 @@ class CudaBackend final : public Backend {
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
                               const AttentionMetadata& meta) const;
+  // The device view of a step's metadata: the staged decode inputs inside a decode graph step,
+  // else uploaded (or reused) through attention_metadata_.
+  // Tokens per attention work item: the tensor-core prefill kernel's tile where it supports the
+  // shape, else the CUDA-core kernel's. RopeAndWriteKv and Attention plan with the same number, so
+  // the metadata uploaded once per step is reused by both.
+  static int32_t AttentionTileTokens(const AttentionParams& params);
+  StatusOr<DeviceAttentionView> AttentionView(const AttentionParams& params, const AttentionMetadata& meta,
+                                              const KvLayerView& cache);
+  // Split-KV decode attention over the staged inputs (inside a decode graph step).
+  Status StagedDecodeAttention(const Tensor& q, KvLayerView cache, const AttentionParams& params, Tensor out);
 
   // Constant after construction.
   const int device_;
@@ -120,6 +141,9 @@ class CudaBackend final : public Backend {
   std::vector<std::byte> sample_results_;
   std::vector<int32_t> sample_marks_;  // vocab-sized, all zero between calls
   std::vector<int32_t> sample_touched_;
+  // Decode graphs: fixed inputs and workspace, graphs per padded batch size.
+  DecodeGraphs decode_graphs_;
+  int32_t graph_block_size_ = 0;  // constant after ReserveDecodeGraphs
 };
 
 }  // namespace tandem

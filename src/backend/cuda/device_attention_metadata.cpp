@@ -35,7 +35,7 @@ bool DeviceAttentionMetadata::Matches(const AttentionMetadata& meta, int32_t til
          SameBytes(h, context_lens_off_, meta.context_lens, s);
 }
 
-Status DeviceAttentionMetadata::Validate(const AttentionMetadata& m, int64_t num_blocks) const {
+Status ValidateAttentionMetadata(const AttentionMetadata& m, int64_t num_blocks) {
   const size_t s = static_cast<size_t>(std::max(m.num_seqs, 0));
   const size_t t = static_cast<size_t>(std::max(m.num_tokens, 0));
   if (m.num_seqs < 0 || m.num_tokens < 0 || m.block_size <= 0 || m.max_blocks_per_seq < 0) {
@@ -86,7 +86,7 @@ StatusOr<DeviceAttentionView> DeviceAttentionMetadata::Prepare(const AttentionMe
   TANDEM_CHECK_GE(tile_tokens, 1);
   if (Matches(meta, tile_tokens, num_blocks)) return view_;
   valid_ = false;
-  TANDEM_RETURN_IF_ERROR(Validate(meta, num_blocks));
+  TANDEM_RETURN_IF_ERROR(ValidateAttentionMetadata(meta, num_blocks));
 
   const size_t s = static_cast<size_t>(meta.num_seqs), t = static_cast<size_t>(meta.num_tokens);
   const size_t tables = s * static_cast<size_t>(meta.max_blocks_per_seq);

@@ -25,6 +25,10 @@ struct DeviceAttentionView {
   int32_t max_position = -1;              // largest position in the batch
 };
 
+// OutOfRange / InvalidArgument unless `meta` is consistent and every position, slot and block id
+// it names lies inside its context and a cache of `num_blocks` blocks (negative slots: not written).
+Status ValidateAttentionMetadata(const AttentionMetadata& meta, int64_t num_blocks);
+
 class DeviceAttentionMetadata {
  public:
   Status Init(cudaStream_t stream) { return upload_.Init(stream); }
@@ -37,7 +41,6 @@ class DeviceAttentionMetadata {
 
  private:
   bool Matches(const AttentionMetadata& meta, int32_t tile_tokens, int64_t num_blocks) const;
-  Status Validate(const AttentionMetadata& meta, int64_t num_blocks) const;
 
   PinnedUpload upload_;
   bool valid_ = false;

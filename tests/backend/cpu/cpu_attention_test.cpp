@@ -32,6 +32,19 @@ std::vector<float> Random(std::mt19937& rng, size_t n, float lo = -1.0f, float h
   return v;
 }
 
+// The fused projection's layout: per token q | k | v.
+std::vector<float> PackQkv(const std::vector<float>& q, const std::vector<float>& k,
+                           const std::vector<float>& v, int64_t tokens, int64_t q_dim, int64_t kv_dim) {
+  std::vector<float> qkv;
+  qkv.reserve(static_cast<size_t>(tokens * (q_dim + 2 * kv_dim)));
+  for (int64_t t = 0; t < tokens; ++t) {
+    qkv.insert(qkv.end(), q.begin() + t * q_dim, q.begin() + (t + 1) * q_dim);
+    qkv.insert(qkv.end(), k.begin() + t * kv_dim, k.begin() + (t + 1) * kv_dim);
+    qkv.insert(qkv.end(), v.begin() + t * kv_dim, v.begin() + (t + 1) * kv_dim);
+  }
+  return qkv;
+}
+
 struct Case {
   int32_t head_dim;
   int32_t num_kv_heads;
@@ -246,12 +259,14 @@ TEST_P(CpuAttentionTest, RopeAndWriteKvRotatesAndWritesOnlyTheGivenSlots) {
   AttentionParams params{nh, nkv, hd, 1.0f, c.sliding_window};
   KvLayerView cache{Tensor(kc.data(), DType::kF32, {b.num_blocks, nkv, c.block_size, hd}),
                     Tensor(vc.data(), DType::kF32, {b.num_blocks, nkv, c.block_size, hd})};
-  ASSERT_TRUE(backend_.RopeAndWriteKv(Tensor(q.data(), DType::kF32, {b.num_tokens, nh * hd}),
-                                      Tensor(k.data(), DType::kF32, {b.num_tokens, nkv * hd}),
-                                      Tensor(v.data(), DType::kF32, {b.num_tokens, nkv * hd}), rope,
+  std::vector<float> qkv = PackQkv(q, k, v, b.num_tokens, nh * hd, nkv * hd);
+  const std::vector<float> qkv0 = qkv;
+  std::fill(q.begin(), q.end(), kNaN);  // q receives the rotated q
+  ASSERT_TRUE(backend_.RopeAndWriteKv(Tensor(qkv.data(), DType::kF32, {b.num_tokens, (nh + 2 * nkv) * hd}),
+                                      Tensor(q.data(), DType::kF32, {b.num_tokens, nh * hd}), rope,
                                       params, b.Meta(), cache)
                   .ok());
-  EXPECT_EQ(v, v0) << "v was modified";
+  EXPECT_EQ(qkv, qkv0) << "qkv was modified";
   int bad = 0;
   // Expected rotation of one head vector.
   auto check_rotated = [&](const float* before, const float* after, int32_t pos, const std::string& what) {
@@ -283,10 +298,9 @@ TEST_P(CpuAttentionTest, RopeAndWriteKvRotatesAndWritesOnlyTheGivenSlots) {
     written[slot] = true;
     for (int32_t h = 0; h < nkv; ++h) {
       const size_t off = (static_cast<size_t>(t) * nkv + h) * hd;
-      check_rotated(&k0[off], &k[off], pos, "k token " + std::to_string(t) + " head " + std::to_string(h));
       const int64_t dst = ((slot / c.block_size * nkv + h) * c.block_size + slot % c.block_size) * hd;
-      // The cache holds exactly the rotated k and the unchanged v.
-      EXPECT_EQ(std::memcmp(&kc[dst], &k[off], hd * sizeof(float)), 0) << "k slot " << slot << " head " << h;
+      // The cache holds the rotated k and the unchanged v.
+      check_rotated(&k0[off], &kc[dst], pos, "k token " + std::to_string(t) + " head " + std::to_string(h));
       EXPECT_EQ(std::memcmp(&vc[dst], &v0[off], hd * sizeof(float)), 0) << "v slot " << slot << " head " << h;
     }
   }
@@ -355,9 +369,9 @@ TEST(CpuAttentionPipelineTest, ChunkedRopeThenAttentionEqualsReference) {
     meta.block_size = bs;
     meta.max_query_len = n;
     meta.max_context_len = end;
-    ASSERT_TRUE(backend.RopeAndWriteKv(Tensor(q.data(), DType::kF32, {n, nh * hd}),
-                                       Tensor(k.data(), DType::kF32, {n, nkv * hd}),
-                                       Tensor(v.data(), DType::kF32, {n, nkv * hd}), rope, params, meta, cache)
+    std::vector<float> qkv = PackQkv(q, k, v, n, nh * hd, nkv * hd);
+    ASSERT_TRUE(backend.RopeAndWriteKv(Tensor(qkv.data(), DType::kF32, {n, (nh + 2 * nkv) * hd}),
+                                       Tensor(q.data(), DType::kF32, {n, nh * hd}), rope, params, meta, cache)
                     .ok());
     ASSERT_TRUE(backend.Attention(Tensor(q.data(), DType::kF32, {n, nh * hd}), cache, params, meta,
                                   Tensor(out_all.data() + begin * nh * hd, DType::kF32, {n, nh * hd}))

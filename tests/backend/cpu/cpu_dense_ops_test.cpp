@@ -231,8 +231,13 @@ TEST_F(CpuDenseOpsTest, SiluMulMatchesDoubleReference) {
       std::vector<float> gate = Random(rng_, n, -10.0f, 10.0f);
       std::vector<float> up = Random(rng_, n, -3.0f, 3.0f);
       std::vector<float> out(n, kNaN);
-      ASSERT_TRUE(backend_.SiluMul(Tensor(gate.data(), DType::kF32, {t, inter}),
-                                   Tensor(up.data(), DType::kF32, {t, inter}),
+      // The fused layout: per row the gate values, then the up values.
+      std::vector<float> gate_up;
+      for (int64_t r = 0; r < t; ++r) {
+        gate_up.insert(gate_up.end(), gate.begin() + r * inter, gate.begin() + (r + 1) * inter);
+        gate_up.insert(gate_up.end(), up.begin() + r * inter, up.begin() + (r + 1) * inter);
+      }
+      ASSERT_TRUE(backend_.SiluMul(Tensor(gate_up.data(), DType::kF32, {t, 2 * inter}),
                                    Tensor(out.data(), DType::kF32, {t, inter}))
                       .ok());
       int bad = 0;
