@@ -7,7 +7,7 @@
 #                                 bundles them, the non-system shared libraries they need and the
 #                                 tiny test models into .bundle/ (git-ignored), and prints the
 #                                 command to run on the GPU machine.
-#   bash <bundle>/gpu-run.sh --device [--bench] [--disagg] [--e2e] [--no-sanitizer]
+#   bash <bundle>/gpu-run.sh --device [--bench] [--disagg] [--e2e] [--no-sanitizer] [--skip-tests]
 #                                 (on the GPU machine, from the repo root; the bundle carries
 #                                 its own copy of this script, so it runs what was bundled) runs every GPU test, a
 #                                 compute-sanitizer memcheck pass and a `tandem generate` smoke run;
@@ -72,12 +72,14 @@ run_bench=0
 run_disagg=0
 run_e2e=0
 run_sanitizer=1
+run_tests=1
 for arg in "${@:2}"; do
   case "$arg" in
     --bench) run_bench=1 ;;
     --disagg) run_disagg=1 ;;
     --e2e) run_e2e=1 ;;
     --no-sanitizer) run_sanitizer=0 ;;
+    --skip-tests) run_tests=0; run_sanitizer=0 ;;  # benchmarks only (a second call on a warm machine)
     *) echo "unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -96,8 +98,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/env
 
 status=0
 echo "== tandem_gpu_tests"
-"$bin/tandem_gpu_tests" --gtest_color=no --gtest_output="xml:$OUT/gpu_tests.xml" 2>&1 |
-  tee "$OUT/gpu_tests.log" || status=1
+if [ "$run_tests" = 1 ]; then
+  "$bin/tandem_gpu_tests" --gtest_color=no --gtest_output="xml:$OUT/gpu_tests.xml" 2>&1 |
+    tee "$OUT/gpu_tests.log" || status=1
+else
+  echo "skipped (--skip-tests)" | tee "$OUT/gpu_tests.log"
+fi
 
 echo "== compute-sanitizer memcheck + racecheck"
 memcheck_filter='KernelParityTest.*:PrefillAttentionParityTest.SmallBatchForSanitizers:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers:Models/CudaGraphParityTest.GraphReplayEqualsEagerDecodeAcrossBucketsJoinsAndLeaves/*:KvBlockCopyParityTest.*'
@@ -116,7 +122,8 @@ fi
 
 echo "== tandem generate smoke run (tiny-llama, greedy, cuda vs cpu)"
 prompt=1,2,3,4,5,6,7,8,9,10
-for backend in cuda cpu; do
+[ "$run_tests" = 1 ] || : >"$OUT/generate.log"
+for backend in $([ "$run_tests" = 1 ] && echo cuda cpu); do
   "$bin/tandem" generate --model "$TANDEM_TESTDATA_DIR/models/tiny-llama" --backend "$backend" \
     --prompt-ids "$prompt" --max-tokens 16 --temperature 0 --ignore-eos --format json \
     --gpu-memory-utilization 0.05 >"$OUT/generate_$backend.json" 2>>"$OUT/generate.log" || status=1
