@@ -19,6 +19,14 @@ constexpr uint32_t kMagic = 0x31564b4e;  // "NKV1"
 constexpr uint32_t kVersion = 1;
 constexpr size_t kMaxControlPayload = 1 << 20;
 constexpr size_t kWarmupBytes = 256;
+// A transfer leaves in this many sends (consecutive layers each; a transfer's staging is layer-major
+// so they are contiguous): fewer, larger sends amortize NCCL's per-operation cost, more of them
+// start the transfer earlier during the prefill. Both sides derive the split from the geometry.
+constexpr int32_t kSendsPerTransfer = 4;
+
+int32_t LayersPerSend(int32_t num_layers) {
+  return std::max<int32_t>(1, (num_layers + kSendsPerTransfer - 1) / kSendsPerTransfer);
+}
 
 enum class Frame : uint32_t { kHello = 1, kVerdict = 2, kBatch = 3, kCommit = 4, kAck = 5 };
 
@@ -381,8 +389,13 @@ Status NcclKvTransport::LayerWritten(int32_t layer) {
                                                           o->num_blocks,
                                                           Staging(o->offset + static_cast<size_t>(layer) * layer_bytes)));
   }
-  TANDEM_CUDA_RETURN_IF_ERROR(cudaEventRecord(layer_event_, backend_.stream()));
+  // Layers leave in chunks of LayersPerSend: the chunk ending at this layer goes now.
+  const int32_t per_send = LayersPerSend(geometry_.num_layers);
   const bool last = layer + 1 == geometry_.num_layers;
+  if (!last && (layer + 1) % per_send != 0) return OkStatus();
+  const int32_t first_layer = layer / per_send * per_send;
+  const size_t chunk_layers = static_cast<size_t>(layer - first_layer + 1);
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaEventRecord(layer_event_, backend_.stream()));
   for (const auto& peer : peers) {
     Status s;
     {
@@ -394,8 +407,8 @@ Status NcclKvTransport::LayerWritten(int32_t layer) {
         if (!s.ok()) break;
         if (o->peer != peer) continue;
         const size_t layer_bytes = TransferBytes(o->num_blocks) / static_cast<size_t>(geometry_.num_layers);
-        s = NcclStatus(ncclSend(Staging(o->offset + static_cast<size_t>(layer) * layer_bytes), layer_bytes,
-                                ncclUint8, 1, peer->comm, peer->stream),
+        s = NcclStatus(ncclSend(Staging(o->offset + static_cast<size_t>(first_layer) * layer_bytes),
+                                chunk_layers * layer_bytes, ncclUint8, 1, peer->comm, peer->stream),
                        "ncclSend");
       }
       if (s.ok()) s = NcclStatus(ncclGroupEnd(), "ncclGroupEnd");
@@ -670,12 +683,14 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
           break;
         }
         TANDEM_RETURN_IF_ERROR(NcclStatus(ncclGroupStart(), "ncclGroupStart"));
-        for (int32_t l = 0; l < geometry_.num_layers; ++l) {
+        const int32_t per_send = LayersPerSend(geometry_.num_layers);
+        for (int32_t l = 0; l < geometry_.num_layers; l += per_send) {
+          const size_t chunk_layers = static_cast<size_t>(std::min(per_send, geometry_.num_layers - l));
           for (auto& in : batch) {
             const size_t layer_bytes = in->header.LayerBytes();
             TANDEM_RETURN_IF_ERROR(NcclStatus(
-                ncclRecv(Staging(in->offset + static_cast<size_t>(l) * layer_bytes), layer_bytes, ncclUint8, 0,
-                         comm, stream),
+                ncclRecv(Staging(in->offset + static_cast<size_t>(l) * layer_bytes), chunk_layers * layer_bytes,
+                         ncclUint8, 0, comm, stream),
                 "ncclRecv"));
           }
         }

@@ -6,7 +6,9 @@
 // Sender (prefill worker): a KvStreamer driven by the engine thread (kv_streamer.h). For the
 // requests whose prefill completes in a step, layer l is gathered from the paged cache into device
 // staging by a kernel on the backend's stream right after the step wrote it, and sent on the
-// pair's NCCL stream once that kernel ran (an event), so layer l moves while layer l + 1 computes.
+// pair's NCCL stream once that kernel ran (an event), so layer l moves while the layers after it
+// compute. Layers leave in four sends per transfer (consecutive layers each, contiguous in the
+// staging), which amortizes NCCL's per-operation cost while keeping the overlap.
 // Sender and receiver block ids are independent: the staging holds the blocks in token order.
 //
 // Receiver (decode worker): one thread per connected sender posts the receives of each announced
@@ -17,7 +19,8 @@
 // Wire (control, over TCP, net::FrameHeader with magic 'NKV1'):
 //   kHello   sender -> receiver: u32 version, ncclUniqueId, geometry; answered by kVerdict
 //   kBatch   sender -> receiver: u32 n, then n x {request id, i32 num_tokens, i32 num_blocks}; the
-//            sender then sends, for each layer in order, each transfer's layer in batch order
+//            sender then sends, for each chunk of LayersPerSend layers in order, each transfer's
+//            chunk in batch order
 //   kCommit  sender -> receiver: request id, u8 keep, i32 first token (keep 0: drop the KV)
 //   kAck     receiver -> sender: request id, status (the verdict of one transfer)
 //
