@@ -46,6 +46,31 @@ class CudaBuffer final : public DeviceBuffer {
 
 __nv_bfloat16* Bf16(const Tensor& t) { return static_cast<__nv_bfloat16*>(t.data); }
 
+// The launch parameters the two work-item attention kernels share (the tensor-core prefill kernel
+// and the CUDA-core one), filled from one step's planned metadata.
+template <typename P>
+P WorkItemAttentionParams(const Tensor& q, const KvLayerView& cache, const Tensor& out,
+                          const DeviceAttentionView& view, const AttentionParams& params,
+                          const AttentionMetadata& meta) {
+  P p;
+  p.q = static_cast<const __nv_bfloat16*>(q.data);
+  p.k_cache = static_cast<const __nv_bfloat16*>(cache.k.data);
+  p.v_cache = static_cast<const __nv_bfloat16*>(cache.v.data);
+  p.out = static_cast<__nv_bfloat16*>(out.data);
+  p.block_tables = view.block_tables;
+  p.positions = view.positions;
+  p.work_items = view.work_items;
+  p.num_work_items = view.num_work_items;
+  p.max_blocks_per_seq = meta.max_blocks_per_seq;
+  p.num_heads = params.num_heads;
+  p.num_kv_heads = params.num_kv_heads;
+  p.head_dim = params.head_dim;
+  p.block_size = meta.block_size;
+  p.sliding_window = params.sliding_window;
+  p.scale = params.scale;
+  return p;
+}
+
 // Ops receive activation-dtype tensors from the model: anything else is a programming error.
 void CheckBf16(const Tensor& t, const char* what) {
   TANDEM_CHECK(t.dtype == DType::kBF16) << what << " must be bf16 on the CUDA backend, got "
@@ -445,42 +470,12 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
     return OkStatus();
   }
   if (kernels::PagedPrefillAttentionSupports(params.head_dim, group)) {
-    kernels::PagedPrefillAttentionParams p;
-    p.q = Bf16(q);
-    p.k_cache = Bf16(cache.k);
-    p.v_cache = Bf16(cache.v);
-    p.out = Bf16(out);
-    p.block_tables = view.block_tables;
-    p.positions = view.positions;
-    p.work_items = view.work_items;
-    p.num_work_items = view.num_work_items;
-    p.max_blocks_per_seq = meta.max_blocks_per_seq;
-    p.num_heads = params.num_heads;
-    p.num_kv_heads = params.num_kv_heads;
-    p.head_dim = params.head_dim;
-    p.block_size = meta.block_size;
-    p.sliding_window = params.sliding_window;
-    p.scale = params.scale;
-    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedPrefillAttention(p, stream_));
+    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedPrefillAttention(
+        WorkItemAttentionParams<kernels::PagedPrefillAttentionParams>(q, cache, out, view, params, meta), stream_));
     return OkStatus();
   }
-  kernels::PagedAttentionParams p;
-  p.q = Bf16(q);
-  p.k_cache = Bf16(cache.k);
-  p.v_cache = Bf16(cache.v);
-  p.out = Bf16(out);
-  p.block_tables = view.block_tables;
-  p.positions = view.positions;
-  p.work_items = view.work_items;
-  p.num_work_items = view.num_work_items;
-  p.max_blocks_per_seq = meta.max_blocks_per_seq;
-  p.num_heads = params.num_heads;
-  p.num_kv_heads = params.num_kv_heads;
-  p.head_dim = params.head_dim;
-  p.block_size = meta.block_size;
-  p.sliding_window = params.sliding_window;
-  p.scale = params.scale;
-  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedAttention(p, stream_));
+  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedAttention(
+      WorkItemAttentionParams<kernels::PagedAttentionParams>(q, cache, out, view, params, meta), stream_));
   return OkStatus();
 }
 

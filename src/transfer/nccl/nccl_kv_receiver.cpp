@@ -14,20 +14,6 @@
 
 namespace tandem {
 
-using nccl_wire::Frame;
-using nccl_wire::GetGeometry;
-using nccl_wire::kVersion;
-using nccl_wire::kWarmupBytes;
-using nccl_wire::LayersPerSend;
-using nccl_wire::Millis;
-using nccl_wire::MillisText;
-using nccl_wire::NcclStatus;
-using nccl_wire::PutGeometry;
-using nccl_wire::Readable;
-using nccl_wire::ReadFrame;
-using nccl_wire::WaitComm;
-using nccl_wire::WaitEvent;
-using nccl_wire::WriteFrame;
 
 // --- receiver -------------------------------------------------------------------------------------
 
