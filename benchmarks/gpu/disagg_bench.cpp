@@ -2,6 +2,7 @@
 // the limits measured in the same run. Needs 2 visible GPUs; set NCCL_NVLS_ENABLE=0.
 //
 //   disagg_bench --config configs/models/llama-3.1-8b.json [--prompt-tokens 2048] [--reps 5]
+//                [--sends 4]   (a comma-separated sweep of NcclKvTransportOptions::sends_per_transfer)
 //
 // 1. NCCL p2p: ncclSend GPU 0 -> ncclRecv GPU 1 of the KV bytes of one prompt (and 1 GiB).
 // 2. KV transfer through NcclKvTransport alone (no model): gather of every layer's blocks from
@@ -91,7 +92,8 @@ struct TransferResult {
 };
 
 // NcclKvTransport alone: KV caches of the model's geometry on both GPUs, random contents.
-StatusOr<TransferResult> MeasureTransport(const ModelConfig& config, int32_t prompt_tokens, int reps) {
+StatusOr<TransferResult> MeasureTransport(const ModelConfig& config, int32_t prompt_tokens, int reps,
+                                          int32_t sends_per_transfer) {
   KvCacheShape shape;
   shape.num_layers = static_cast<int32_t>(config.num_layers);
   shape.block_size = 16;
@@ -116,6 +118,7 @@ StatusOr<TransferResult> MeasureTransport(const ModelConfig& config, int32_t pro
   KvGeometry geometry{shape.num_layers, shape.block_size, shape.num_kv_heads, shape.head_dim, shape.dtype};
   NcclKvTransportOptions options;
   options.staging_bytes = 2 * KvBlocksHostBytes(layers_a, static_cast<size_t>(blocks)) + (size_t{16} << 20);
+  options.sends_per_transfer = sends_per_transfer;
   TANDEM_ASSIGN_OR_RETURN(auto sender, NcclKvTransport::Create(*a, layers_a, geometry, options));
   TANDEM_ASSIGN_OR_RETURN(auto receiver, NcclKvTransport::Create(*b, layers_b, geometry, options));
   // Sender blocks: every other block; receiver blocks: the last ones, in reverse.
@@ -213,7 +216,8 @@ StatusOr<ColocatedRun> RunColocated(EngineLoop& loop, Request request) {
   return *run;
 }
 
-Status Run(const std::filesystem::path& config_path, int32_t prompt_tokens, int reps) {
+Status Run(const std::filesystem::path& config_path, int32_t prompt_tokens, int reps,
+           const std::vector<int32_t>& sends_sweep) {
   int devices = 0;
   TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices));
   if (devices < 2) return FailedPreconditionError("disagg_bench needs two GPUs, found " + std::to_string(devices));
@@ -227,16 +231,21 @@ Status Run(const std::filesystem::path& config_path, int32_t prompt_tokens, int 
   std::printf("\n# disagg_bench: %s (dummy bf16 weights), %d-token prompts, 2 x %s\n\n",
               config_path.filename().c_str(), prompt_tokens, prop.name);
 
-  TANDEM_ASSIGN_OR_RETURN(TransferResult transfer, MeasureTransport(config, prompt_tokens, reps));
-  TANDEM_ASSIGN_OR_RETURN(double p2p_same, NcclP2pSeconds(transfer.bytes, reps));
-  TANDEM_ASSIGN_OR_RETURN(double p2p_gib, NcclP2pSeconds(size_t{1} << 30, reps));
-  const double gbps = static_cast<double>(transfer.bytes) / transfer.seconds / 1e9;
-  const double p2p_gbps = static_cast<double>(transfer.bytes) / p2p_same / 1e9;
-  std::printf("| KV bytes / prompt | NCCL p2p GB/s (same bytes) | NCCL p2p GB/s (1 GiB) | KV at receiver ms | KV transfer GB/s | of p2p | with scatter + verdict ms | bytes equal |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  std::printf("| %.1f MB | %.1f | %.1f | %.3f | %.1f | %.0f%% | %.3f | %s |\n\n", transfer.bytes / 1e6, p2p_gbps,
-              (1 << 30) / p2p_gib / 1e9, transfer.seconds * 1e3, gbps, 100.0 * gbps / p2p_gbps,
-              transfer.with_verdict * 1e3, transfer.exact ? "yes" : "NO");
+  bool exact = true;
+  std::printf("| sends / transfer | KV bytes / prompt | NCCL p2p GB/s (same bytes) | NCCL p2p GB/s (1 GiB) | KV at receiver ms | KV transfer GB/s | of p2p | with scatter + verdict ms | bytes equal |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  for (int32_t sends : sends_sweep) {
+    TANDEM_ASSIGN_OR_RETURN(TransferResult transfer, MeasureTransport(config, prompt_tokens, reps, sends));
+    TANDEM_ASSIGN_OR_RETURN(double p2p_same, NcclP2pSeconds(transfer.bytes, reps));
+    TANDEM_ASSIGN_OR_RETURN(double p2p_gib, NcclP2pSeconds(size_t{1} << 30, reps));
+    const double gbps = static_cast<double>(transfer.bytes) / transfer.seconds / 1e9;
+    const double p2p_gbps = static_cast<double>(transfer.bytes) / p2p_same / 1e9;
+    std::printf("| %d | %.1f MB | %.1f | %.1f | %.3f | %.1f | %.0f%% | %.3f | %s |\n", sends, transfer.bytes / 1e6,
+                p2p_gbps, (1 << 30) / p2p_gib / 1e9, transfer.seconds * 1e3, gbps, 100.0 * gbps / p2p_gbps,
+                transfer.with_verdict * 1e3, transfer.exact ? "yes" : "NO");
+    exact = exact && transfer.exact;
+  }
+  std::printf("\n");
 
   // Colocated baseline on GPU 0.
   std::vector<double> coloc_ttft;
@@ -283,7 +292,7 @@ Status Run(const std::filesystem::path& config_path, int32_t prompt_tokens, int 
   std::printf("|---|---|---|---|---|---|---|\n");
   std::printf("| %d tokens | %.2f | %.2f | %+.1f%% | %.2f | %.2f | %d / %d |\n\n", prompt_tokens, c * 1e3, d * 1e3,
               100.0 * (d - c) / c, Median(residual) * 1e3, Median(second) * 1e3, equal, reps);
-  return equal == reps && transfer.exact ? OkStatus() : InternalError("disaggregated outputs differ");
+  return equal == reps && exact ? OkStatus() : InternalError("disaggregated outputs differ");
 }
 
 }  // namespace
@@ -293,6 +302,7 @@ int main(int argc, char** argv) {
   std::string config = "configs/models/llama-3.1-8b.json";
   int32_t prompt_tokens = 2048;
   int reps = 5;
+  std::vector<int32_t> sends = {4};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
@@ -301,12 +311,19 @@ int main(int argc, char** argv) {
       prompt_tokens = std::atoi(argv[++i]);
     } else if (a == "--reps" && i + 1 < argc) {
       reps = std::atoi(argv[++i]);
+    } else if (a == "--sends" && i + 1 < argc) {  // comma-separated sends-per-transfer sweep
+      sends.clear();
+      for (std::string v = argv[++i]; !v.empty();) {
+        const size_t comma = v.find(',');
+        sends.push_back(std::atoi(v.substr(0, comma).c_str()));
+        v = comma == std::string::npos ? "" : v.substr(comma + 1);
+      }
     } else {
-      std::fprintf(stderr, "usage: disagg_bench [--config PATH] [--prompt-tokens N] [--reps N]\n");
+      std::fprintf(stderr, "usage: disagg_bench [--config PATH] [--prompt-tokens N] [--reps N] [--sends 2,4,8]\n");
       return 2;
     }
   }
-  tandem::Status s = tandem::Run(config, prompt_tokens, reps);
+  tandem::Status s = tandem::Run(config, prompt_tokens, reps, sends);
   if (!s.ok()) {
     std::fprintf(stderr, "disagg_bench: %s\n", s.ToString().c_str());
     return 1;

@@ -66,8 +66,9 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
   uint32_t version = 0;
   ncclUniqueId id;
   KvGeometry geometry;
+  int32_t sends = 0;  // the sender's sends per transfer: the receives mirror them
   if (hello.first != Frame::kHello || !r.Get(&version) || !r.GetBytes(&id, sizeof(id)) ||
-      !GetGeometry(r, &geometry) || !r.AtEnd()) {
+      !GetGeometry(r, &geometry) || !r.Get(&sends) || sends < 1 || !r.AtEnd()) {
     return DataLossError("malformed hello from a KV sender");
   }
   Status verdict = version != kVersion ? FailedPreconditionError("protocol version " + std::to_string(version) +
@@ -131,7 +132,7 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
           break;
         }
         TANDEM_RETURN_IF_ERROR(NcclStatus(ncclGroupStart(), "ncclGroupStart"));
-        const int32_t per_send = LayersPerSend(geometry_.num_layers);
+        const int32_t per_send = LayersPerSend(geometry_.num_layers, sends);
         for (int32_t l = 0; l < geometry_.num_layers; l += per_send) {
           const size_t chunk_layers = static_cast<size_t>(std::min(per_send, geometry_.num_layers - l));
           for (auto& in : batch) {

@@ -37,6 +37,9 @@ StatusOr<std::unique_ptr<NcclKvTransport>> NcclKvTransport::Create(CudaBackend& 
     return InvalidArgumentError("NCCL KV transport: KV blocks of " + std::to_string(geometry.BlockBytes()) +
                                 " bytes are not a multiple of 16");
   }
+  if (options.sends_per_transfer < 1) {
+    return InvalidArgumentError("NCCL KV transport: sends_per_transfer must be >= 1");
+  }
   auto t = std::unique_ptr<NcclKvTransport>(new NcclKvTransport(backend, layers, geometry, options));
   TANDEM_ASSIGN_OR_RETURN(t->staging_, backend.Allocate(t->arena_.capacity()));
   TANDEM_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&t->layer_event_, cudaEventDisableTiming));
@@ -76,6 +79,7 @@ StatusOr<std::shared_ptr<NcclKvTransport::Peer>> NcclKvTransport::Connect(const 
   hello.Put<uint32_t>(kVersion);
   hello.PutBytes(&id, sizeof(id));
   PutGeometry(hello, geometry_);
+  hello.Put<int32_t>(options_.sends_per_transfer);
   TANDEM_RETURN_IF_ERROR(WriteFrame(peer->socket.fd(), Frame::kHello, hello.bytes(), timeout));
 
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDevice(backend_.device()));
@@ -231,7 +235,7 @@ Status NcclKvTransport::LayerWritten(int32_t layer) {
                                                           Staging(o->offset + static_cast<size_t>(layer) * layer_bytes)));
   }
   // Layers leave in chunks of LayersPerSend: the chunk ending at this layer goes now.
-  const int32_t per_send = LayersPerSend(geometry_.num_layers);
+  const int32_t per_send = LayersPerSend(geometry_.num_layers, options_.sends_per_transfer);
   const bool last = layer + 1 == geometry_.num_layers;
   if (!last && (layer + 1) % per_send != 0) return OkStatus();
   const int32_t first_layer = layer / per_send * per_send;

@@ -17,16 +17,14 @@
 namespace tandem::nccl_wire {
 
 inline constexpr uint32_t kMagic = 0x31564b4e;  // "NKV1"
-inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kVersion = 2;
 inline constexpr size_t kMaxControlPayload = 1 << 20;
 inline constexpr size_t kWarmupBytes = 256;
-// A transfer leaves in this many sends (consecutive layers each; a transfer's staging is layer-major
-// so they are contiguous): fewer, larger sends amortize NCCL's per-operation cost, more of them
-// start the transfer earlier during the prefill. Both sides derive the split from the geometry.
-inline constexpr int32_t kSendsPerTransfer = 4;
-
-inline int32_t LayersPerSend(int32_t num_layers) {
-  const int32_t n = (num_layers + kSendsPerTransfer - 1) / kSendsPerTransfer;
+// Layers per NCCL send when a transfer leaves in `sends` sends (consecutive layers each; a
+// transfer's staging is layer-major so they are contiguous). The sender's choice
+// (NcclKvTransportOptions::sends_per_transfer) travels in its hello.
+inline int32_t LayersPerSend(int32_t num_layers, int32_t sends) {
+  const int32_t n = (num_layers + sends - 1) / sends;
   return n > 1 ? n : 1;
 }
 
