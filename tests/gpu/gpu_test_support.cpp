@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <cstdlib>
 #include <limits>
 
@@ -100,6 +102,57 @@ double RelError(const std::vector<float>& out, const std::vector<float>& ref) {
   }
   if (norm == 0.0) return diff == 0.0 ? 0.0 : std::numeric_limits<double>::infinity();
   return std::sqrt(diff / norm);
+}
+
+std::string Describe(const AttentionCase& c) {
+  std::string s = "hd" + std::to_string(c.head_dim) + " h" + std::to_string(c.num_heads) + "/" +
+                  std::to_string(c.num_kv_heads) + " bs" + std::to_string(c.block_size) + " win" +
+                  std::to_string(c.window) + " seqs";
+  for (const SeqChunk& q : c.seqs) s += " (" + std::to_string(q.cached) + "+" + std::to_string(q.fresh) + ")";
+  return s;
+}
+
+AttentionBatch MakeAttentionBatch(const AttentionCase& c, int32_t spare_blocks, std::mt19937& rng) {
+  AttentionBatch b;
+  int32_t max_blocks = 0, total_blocks = 0, max_q = 0, max_ctx = 0;
+  for (const SeqChunk& s : c.seqs) {
+    const int32_t nb = (s.cached + s.fresh + c.block_size - 1) / c.block_size;
+    max_blocks = std::max(max_blocks, nb);
+    total_blocks += nb;
+  }
+  b.num_blocks = total_blocks + spare_blocks;
+  std::vector<int32_t> ids(static_cast<size_t>(b.num_blocks));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  size_t next = 0;
+  b.block_tables.assign(c.seqs.size() * static_cast<size_t>(max_blocks), 0);
+  for (size_t i = 0; i < c.seqs.size(); ++i) {
+    const SeqChunk s = c.seqs[i];
+    const int32_t ctx = s.cached + s.fresh;
+    int32_t* table = b.block_tables.data() + i * static_cast<size_t>(max_blocks);
+    for (int32_t j = 0; j < (ctx + c.block_size - 1) / c.block_size; ++j) table[j] = ids[next++];
+    for (int32_t p = s.cached; p < ctx; ++p) {
+      b.positions.push_back(p);
+      b.slots.push_back(static_cast<int64_t>(table[p / c.block_size]) * c.block_size + p % c.block_size);
+    }
+    b.query_start.push_back(static_cast<int32_t>(b.positions.size()));
+    b.context_lens.push_back(ctx);
+    max_q = std::max(max_q, s.fresh);
+    max_ctx = std::max(max_ctx, ctx);
+  }
+  AttentionMetadata& m = b.meta;
+  m.num_seqs = static_cast<int32_t>(c.seqs.size());
+  m.num_tokens = static_cast<int32_t>(b.positions.size());
+  m.query_start = b.query_start;
+  m.context_lens = b.context_lens;
+  m.block_tables = b.block_tables;
+  m.max_blocks_per_seq = max_blocks;
+  m.positions = b.positions;
+  m.slot_mapping = b.slots;
+  m.block_size = c.block_size;
+  m.max_query_len = max_q;
+  m.max_context_len = max_ctx;
+  return b;
 }
 
 }  // namespace tandem::gpu_testing

@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -44,5 +45,34 @@ double RelError(const std::vector<float>& out, const std::vector<float>& ref);
 inline Tensor HostF32(std::vector<float>& values, std::initializer_list<int64_t> dims) {
   return Tensor(values.data(), DType::kF32, dims);
 }
+
+// ---- attention batches ------------------------------------------------------------------------------
+
+// One sequence of an attention test batch: `cached` tokens already in the cache, `fresh` new ones.
+struct SeqChunk {
+  int32_t cached;
+  int32_t fresh;
+};
+
+struct AttentionCase {
+  int32_t head_dim, num_heads, num_kv_heads, block_size, window;
+  std::vector<SeqChunk> seqs;
+};
+
+// "hd128 h32/8 bs16 win0 seqs (0+37) ..." for failure messages.
+std::string Describe(const AttentionCase& c);
+
+// Host attention metadata for a case; `meta`'s spans point into the vectors (moving the batch
+// keeps them valid).
+struct AttentionBatch {
+  std::vector<int32_t> query_start{0}, context_lens, block_tables, positions;
+  std::vector<int64_t> slots;
+  AttentionMetadata meta;
+  int32_t num_blocks = 0;  // the cache the batch needs: its blocks plus `spare_blocks`
+};
+
+// Every sequence's blocks scattered (shuffled ids) over a cache of `spare_blocks` more blocks
+// than the batch uses.
+AttentionBatch MakeAttentionBatch(const AttentionCase& c, int32_t spare_blocks, std::mt19937& rng);
 
 }  // namespace tandem::gpu_testing

@@ -164,76 +164,12 @@ TEST_F(KernelParityTest, GatherRows) {
 
 // ---- attention: a batch of sequences, each (cached tokens, new tokens) -----------------------------
 
-struct SeqSpec {
-  int32_t cached;  // tokens already in the cache before this step
-  int32_t fresh;   // tokens of this step
-};
+using SeqSpec = gpu_testing::SeqChunk;
+using AttnCase = gpu_testing::AttentionCase;
+using Batch = gpu_testing::AttentionBatch;
+using gpu_testing::Describe;
 
-struct AttnCase {
-  int32_t head_dim, num_heads, num_kv_heads, block_size, window;
-  std::vector<SeqSpec> seqs;
-};
-
-std::string Describe(const AttnCase& c) {
-  std::string s = "hd" + std::to_string(c.head_dim) + " h" + std::to_string(c.num_heads) + "/" +
-                  std::to_string(c.num_kv_heads) + " bs" + std::to_string(c.block_size) + " win" +
-                  std::to_string(c.window) + " seqs";
-  for (auto q : c.seqs) s += " (" + std::to_string(q.cached) + "+" + std::to_string(q.fresh) + ")";
-  return s;
-}
-
-// Host metadata for a batch, with every sequence's blocks scattered over the cache.
-struct Batch {
-  std::vector<int32_t> query_start{0}, context_lens, block_tables, positions;
-  std::vector<int64_t> slots;
-  AttentionMetadata meta;
-  int32_t num_blocks = 0;
-};
-
-Batch MakeBatch(const AttnCase& c, std::mt19937& rng) {
-  Batch b;
-  int32_t max_blocks = 0, total_blocks = 0;
-  for (auto s : c.seqs) {
-    const int32_t nb = (s.cached + s.fresh + c.block_size - 1) / c.block_size;
-    max_blocks = std::max(max_blocks, nb);
-    total_blocks += nb;
-  }
-  b.num_blocks = total_blocks + 3;
-  std::vector<int32_t> ids(b.num_blocks);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::shuffle(ids.begin(), ids.end(), rng);
-  size_t next = 0;
-  b.block_tables.assign(c.seqs.size() * max_blocks, 0);
-  int32_t max_q = 0, max_ctx = 0;
-  for (size_t i = 0; i < c.seqs.size(); ++i) {
-    const auto s = c.seqs[i];
-    const int32_t ctx = s.cached + s.fresh;
-    const int32_t nb = (ctx + c.block_size - 1) / c.block_size;
-    for (int32_t j = 0; j < nb; ++j) b.block_tables[i * max_blocks + j] = ids[next++];
-    for (int32_t p = s.cached; p < ctx; ++p) {
-      b.positions.push_back(p);
-      b.slots.push_back(static_cast<int64_t>(b.block_tables[i * max_blocks + p / c.block_size]) * c.block_size +
-                        p % c.block_size);
-    }
-    b.query_start.push_back(static_cast<int32_t>(b.positions.size()));
-    b.context_lens.push_back(ctx);
-    max_q = std::max(max_q, s.fresh);
-    max_ctx = std::max(max_ctx, ctx);
-  }
-  AttentionMetadata& m = b.meta;
-  m.num_seqs = static_cast<int32_t>(c.seqs.size());
-  m.num_tokens = static_cast<int32_t>(b.positions.size());
-  m.query_start = b.query_start;
-  m.context_lens = b.context_lens;
-  m.block_tables = b.block_tables;
-  m.max_blocks_per_seq = max_blocks;
-  m.positions = b.positions;
-  m.slot_mapping = b.slots;
-  m.block_size = c.block_size;
-  m.max_query_len = max_q;
-  m.max_context_len = max_ctx;
-  return b;
-}
+Batch MakeBatch(const AttnCase& c, std::mt19937& rng) { return gpu_testing::MakeAttentionBatch(c, 3, rng); }
 
 std::vector<AttnCase> AttentionCases() {
   std::vector<AttnCase> cases;
