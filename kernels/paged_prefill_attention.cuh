@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "kernels/paged_attention.cuh"
+
 namespace tandem::kernels {
 
 // (token, query head) rows one CTA computes.
@@ -27,25 +29,9 @@ inline int32_t PagedPrefillAttentionTileTokens(int32_t group) { return kPagedPre
 // Head dim 64 or 128 and 1 <= group <= 128.
 bool PagedPrefillAttentionSupports(int32_t head_dim, int32_t group);
 
-struct PagedPrefillAttentionParams {
-  const __nv_bfloat16* q = nullptr;        // [num_tokens, num_heads * head_dim]
-  const __nv_bfloat16* k_cache = nullptr;  // [num_blocks, num_kv_heads, block_size, head_dim]
-  const __nv_bfloat16* v_cache = nullptr;
-  __nv_bfloat16* out = nullptr;            // [num_tokens, num_heads * head_dim]
-  const int32_t* block_tables = nullptr;   // device [num_seqs, max_blocks_per_seq]
-  const int32_t* positions = nullptr;      // device [num_tokens]
-  // device [num_work_items, 3]: (sequence, first token, token count <= TileTokens(group)), the
-  // tokens of each sequence in order (later items of a sequence see more keys and start first).
-  const int32_t* work_items = nullptr;
-  int32_t num_work_items = 0;
-  int32_t max_blocks_per_seq = 0;
-  int32_t num_heads = 0;
-  int32_t num_kv_heads = 0;
-  int32_t head_dim = 0;
-  int32_t block_size = 0;
-  int32_t sliding_window = 0;  // 0: none
-  float scale = 1.0f;
-};
+// The same launch description as the CUDA-core kernel's (work items of at most TileTokens(group)
+// tokens of one sequence, the tokens of each sequence in order).
+using PagedPrefillAttentionParams = PagedAttentionParams;
 
 // cudaErrorInvalidValue when !PagedPrefillAttentionSupports or num_heads % num_kv_heads != 0.
 cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionParams& params, cudaStream_t stream);

@@ -46,13 +46,13 @@ class CudaBuffer final : public DeviceBuffer {
 
 __nv_bfloat16* Bf16(const Tensor& t) { return static_cast<__nv_bfloat16*>(t.data); }
 
-// The launch parameters the two work-item attention kernels share (the tensor-core prefill kernel
+// The launch parameters of the two work-item attention kernels (the tensor-core prefill kernel
 // and the CUDA-core one), filled from one step's planned metadata.
-template <typename P>
-P WorkItemAttentionParams(const Tensor& q, const KvLayerView& cache, const Tensor& out,
-                          const DeviceAttentionView& view, const AttentionParams& params,
-                          const AttentionMetadata& meta) {
-  P p;
+kernels::PagedAttentionParams WorkItemAttentionParams(const Tensor& q, const KvLayerView& cache, const Tensor& out,
+                                                      const DeviceAttentionView& view,
+                                                      const AttentionParams& params,
+                                                      const AttentionMetadata& meta) {
+  kernels::PagedAttentionParams p;
   p.q = static_cast<const __nv_bfloat16*>(q.data);
   p.k_cache = static_cast<const __nv_bfloat16*>(cache.k.data);
   p.v_cache = static_cast<const __nv_bfloat16*>(cache.v.data);
@@ -471,11 +471,11 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
   }
   if (kernels::PagedPrefillAttentionSupports(params.head_dim, group)) {
     TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedPrefillAttention(
-        WorkItemAttentionParams<kernels::PagedPrefillAttentionParams>(q, cache, out, view, params, meta), stream_));
+        WorkItemAttentionParams(q, cache, out, view, params, meta), stream_));
     return OkStatus();
   }
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedAttention(
-      WorkItemAttentionParams<kernels::PagedAttentionParams>(q, cache, out, view, params, meta), stream_));
+      WorkItemAttentionParams(q, cache, out, view, params, meta), stream_));
   return OkStatus();
 }
 
