@@ -4,6 +4,8 @@
 #include <grpcpp/security/credentials.h>
 #include <spdlog/spdlog.h>
 
+#include <optional>
+
 #include "router/worker_convert.h"
 
 namespace tandem {
@@ -308,8 +310,15 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   Clock::time_point first_token_time{};
   double queue_ms = 0;
   double transfer_ms = 0;
+  // The final output goes out last, once both worker calls ended and the id is no longer in flight
+  // here: a client that reuses the id as soon as it sees the end is admitted.
+  std::optional<RequestOutput> final_output;
   auto deliver = [&](RequestOutput out) {
     if (!out.new_tokens.empty() && first_token_time == Clock::time_point{}) first_token_time = Clock::now();
+    if (out.finished) {
+      final_output = std::move(out);
+      return;
+    }
     flight->on_output(std::move(out));
   };
   auto fail = [&](Status status) {
@@ -322,7 +331,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
       out.finish_reason = FinishReason::kError;
       out.status = std::move(status);
     }
-    flight->on_output(std::move(out));
+    final_output = std::move(out);
   };
 
   // Prefill stream: the first token, then the handoff (or the end, at the first token).
@@ -348,6 +357,15 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   if (!handed_off) {
     flight->decode_context->TryCancel();
     Drain(*flight->decode);
+    // The worker notices a cancelled stream only at its next poll; an explicit Abort queues the
+    // release on its engine before the final output lets the client reuse the id (best effort:
+    // a worker that is gone has nothing to release).
+    grpc::ClientContext abort_context;
+    abort_context.set_deadline(std::chrono::system_clock::now() + options_.stats_timeout);
+    v1::WorkerAbortRequest abort;
+    abort.set_request_id(id);
+    v1::WorkerAbortResponse aborted;
+    (void)decode.stub->Abort(&abort_context, abort, &aborted);
     if (!finished) fail(FromGrpc(prefill_status, "prefill worker " + prefill.address));
   } else {
     // Decode stream: the remaining tokens and the final output.
@@ -371,8 +389,13 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
   }
   --decode.in_flight;
   Retire(decode, flight->admission_id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = flights_.find(id);
+    if (it != flights_.end() && it->second == flight) flights_.erase(it);
+  }
+  if (final_output) flight->on_output(std::move(*final_output));
   std::lock_guard<std::mutex> lock(mu_);
-  flights_.erase(id);
   --num_threads_;
   changed_.notify_all();
 }

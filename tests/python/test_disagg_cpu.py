@@ -230,6 +230,19 @@ def test_shipped_2p2d_config_starts_two_workers_per_pool(start_server, stubs, te
         d.close()
 
 
+def test_a_request_id_is_free_again_as_soon_as_its_stream_ended(llama, stubs):
+    # The router's final message comes after both worker calls ended, so a client that reuses the
+    # id at once is admitted — also when the request ends at its first token on the prefill worker
+    # (its decode reservation is cancelled first).
+    prompt = np.random.default_rng(11).integers(3, 2000, size=40).tolist()
+    for max_tokens in (1, 4, 1, 4, 1):
+        tokens, completion = collect(llama.gen.Generate(greedy(stubs, prompt, max_tokens=max_tokens,
+                                                               request_id="reused-id")))
+        assert len(tokens) == max_tokens
+        assert completion.finish_reason == stubs.gen.FINISH_REASON_LENGTH
+    llama.wait_pools_whole()
+
+
 def test_cancel_mid_decode_leaves_both_pools_whole(llama, stubs):
     prompt = np.random.default_rng(7).integers(3, 49152, size=100).tolist()
     call = llama.gen.Generate(greedy(stubs, prompt, max_tokens=3900))
