@@ -34,6 +34,11 @@ bool IsWorkerGone(grpc::StatusCode code) {
 }
 
 // Reads what is left of a stream whose call was cancelled, then finishes it.
+// The client's request id from the workers' "<id>#<n>" (Submit appends the suffix).
+std::string ClientRequestId(const std::string& worker_id) {
+  return worker_id.substr(0, worker_id.rfind('#'));
+}
+
 void Drain(grpc::ClientReader<v1::WorkerOutput>& reader) {
   v1::WorkerOutput msg;
   while (reader.Read(&msg)) {
@@ -49,6 +54,7 @@ struct DisaggExecutor::Flight {
   size_t prefill_index = 0;
   size_t decode_index = 0;
   std::string kv_endpoint;  // the decode reservation's
+  std::string worker_request_id;  // "<id>#<n>": the id the workers know this admission by
   uint64_t admission_id = 0;
   // One context per call attempt during admission; fixed once the flight is registered.
   std::unique_ptr<grpc::ClientContext> prefill_context;
@@ -159,7 +165,7 @@ DisaggExecutor::Route DisaggExecutor::PlanRoute(std::span<const uint64_t> block_
 
 Status DisaggExecutor::ReserveDecode(const v1::WorkerRequest& proto, const std::vector<size_t>& order,
                                      Flight& flight) {
-  const std::string& id = proto.request_id();
+  const std::string id = ClientRequestId(proto.request_id());  // for messages: the client's id
   int32_t num_tried = 0, num_refused = 0;
   std::string last_error;
   for (size_t d : order) {
@@ -203,7 +209,7 @@ Status DisaggExecutor::ReserveDecode(const v1::WorkerRequest& proto, const std::
 
 Status DisaggExecutor::StartPrefill(const v1::WorkerRequest& proto, const std::vector<size_t>& order,
                                     Flight& flight) {
-  const std::string& id = proto.request_id();
+  const std::string id = ClientRequestId(proto.request_id());  // for messages: the client's id
   int32_t num_tried = 0, num_refused = 0;
   std::string last_error;
   for (size_t p : order) {
@@ -257,8 +263,21 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
     }
     // Both workers sample from the same stream: the router fixes the seed.
     if (!request.sampling.seed) request.sampling.seed = seed_rng_();
+    flights_[request.request_id] = nullptr;  // the id is taken while it is admitted
   }
   const std::string id = request.request_id;
+  // Until admitted, a failure gives the id back.
+  struct Unreserve {
+    DisaggExecutor* self;
+    const std::string& id;
+    bool admitted = false;
+    ~Unreserve() {
+      if (admitted) return;
+      std::lock_guard<std::mutex> lock(self->mu_);
+      auto it = self->flights_.find(id);
+      if (it != self->flights_.end() && it->second == nullptr) self->flights_.erase(it);
+    }
+  } unreserve{this, id};
   const auto num_prompt_tokens = static_cast<int64_t>(request.prompt_token_ids.size());
   const std::vector<uint64_t> block_hashes = PrefixAffinity::BlockHashes(request.prompt_token_ids, block_size_);
   const DecodeDemand demand = DemandOf(num_prompt_tokens, request.sampling.max_tokens,
@@ -266,6 +285,9 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
   const Route route = PlanRoute(block_hashes, num_prompt_tokens, demand);
   v1::WorkerRequest proto;
   RequestToWorkerProto(request, &proto);
+  // Workers key their state by id and notice cancellations at their next poll: a per-admission id
+  // keeps a client's quick reuse of its id from meeting the previous request's leftovers there.
+  proto.set_request_id(id + "#" + std::to_string(next_worker_seq_.fetch_add(1) + 1));
 
   // 1. Reserve the KV blocks on a decode worker; 2. admit the prefill, which pushes the KV there.
   auto flight = std::make_shared<Flight>();
@@ -277,6 +299,7 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
     Drain(*flight->decode);
     return prefilling;
   }
+  flight->worker_request_id = proto.request_id();
   flight->on_output = std::move(on_output);
   Worker& decode = *decode_[flight->decode_index];
   Worker& prefill = *prefill_[flight->prefill_index];
@@ -286,6 +309,7 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     flights_[id] = flight;
+    unreserve.admitted = true;
     ++num_threads_;
     // Until a poll that began after now answers, the workers' stats do not count this request.
     ++num_picks_;
@@ -363,7 +387,7 @@ void DisaggExecutor::Run(std::shared_ptr<Flight> flight) {
     grpc::ClientContext abort_context;
     abort_context.set_deadline(std::chrono::system_clock::now() + options_.stats_timeout);
     v1::WorkerAbortRequest abort;
-    abort.set_request_id(id);
+    abort.set_request_id(flight->worker_request_id);
     v1::WorkerAbortResponse aborted;
     (void)decode.stub->Abort(&abort_context, abort, &aborted);
     if (!finished) fail(FromGrpc(prefill_status, "prefill worker " + prefill.address));
@@ -405,7 +429,7 @@ void DisaggExecutor::Cancel(const std::string& request_id) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = flights_.find(request_id);
-    if (it == flights_.end()) return;
+    if (it == flights_.end() || it->second == nullptr) return;  // not admitted yet
     flight = it->second;
   }
   flight->cancelled.store(true);
@@ -489,7 +513,9 @@ void DisaggExecutor::Shutdown() {
     if (stopping_) return;
     accepting_ = false;
     stopping_ = true;
-    for (const auto& [id, flight] : flights_) live.push_back(flight);
+    for (const auto& [id, flight] : flights_) {
+      if (flight != nullptr) live.push_back(flight);  // null: still being admitted
+    }
   }
   changed_.notify_all();
   for (const auto& flight : live) {

@@ -126,8 +126,10 @@ class DisaggExecutor final : public Executor {
 
   mutable std::mutex mu_;
   std::condition_variable changed_;
-  std::unordered_map<std::string, std::shared_ptr<Flight>> flights_;  // GUARDED_BY(mu_)
+  // GUARDED_BY(mu_). By request id; null while the request is being admitted (the id is taken).
+  std::unordered_map<std::string, std::shared_ptr<Flight>> flights_;
   int32_t num_threads_ = 0;                          // GUARDED_BY(mu_): request threads alive
+  std::atomic<uint64_t> next_worker_seq_{0};          // numbers the workers' request ids
   bool accepting_ = true;                            // GUARDED_BY(mu_)
   bool stopping_ = false;                            // GUARDED_BY(mu_)
   std::mt19937_64 seed_rng_{std::random_device{}()}; // GUARDED_BY(mu_)

@@ -262,6 +262,11 @@ void EngineLoop::HandOffKv() {
 }
 
 Status EngineLoop::Admit(Request request, bool transferred) {
+  // The engine forgets an aborted request at once, but its final output is delivered after this
+  // batch of commands: until then the id is still live here.
+  if (callbacks_.count(request.request_id) != 0) {
+    return AlreadyExistsError("request_id '" + request.request_id + "' is already in flight");
+  }
   if (config_.max_live_requests > 0 &&
       callbacks_.size() >= static_cast<size_t>(config_.max_live_requests)) {
     return ResourceExhaustedError(std::to_string(callbacks_.size()) +

@@ -243,6 +243,18 @@ def test_a_request_id_is_free_again_as_soon_as_its_stream_ended(llama, stubs):
     llama.wait_pools_whole()
 
 
+def test_an_id_in_flight_is_refused_while_its_twin_runs(llama, stubs):
+    prompt = np.random.default_rng(12).integers(3, 2000, size=30).tolist()
+    first = llama.gen.Generate(greedy(stubs, prompt, max_tokens=200, request_id="twin"))
+    next(iter(first))  # admitted and streaming
+    with pytest.raises(grpc.RpcError) as e:
+        collect(llama.gen.Generate(greedy(stubs, prompt, max_tokens=4, request_id="twin")))
+    assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    tokens, completion = collect(first)
+    assert completion.finish_reason == stubs.gen.FINISH_REASON_LENGTH
+    llama.wait_pools_whole()
+
+
 def test_cancel_mid_decode_leaves_both_pools_whole(llama, stubs):
     prompt = np.random.default_rng(7).integers(3, 49152, size=100).tolist()
     call = llama.gen.Generate(greedy(stubs, prompt, max_tokens=3900))

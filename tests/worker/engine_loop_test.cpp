@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdio>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -375,6 +376,40 @@ TEST(EngineLoopTest, LoadStatsCountBlocksReservedForKvInFlight) {
   ASSERT_TRUE(collector.WaitForFinished(2));
   stats = WaitForStats(loop, [](const EngineLoopStats& s) { return s.num_live == 0; });
   EXPECT_EQ(stats.num_reserved_kv_blocks, 0);
+  ExpectPoolWholeWhenIdle(loop);
+}
+
+TEST(EngineLoopTest, AnIdCancelledAndResubmittedAtOnceIsRefusedUntilItsFinalIsOut) {
+  // The engine forgets a cancelled request at once but its final output goes out after the batch
+  // of commands; a resubmit of the id in that batch must be refused (it once replaced the old
+  // request's callback, and the old final then crashed the loop), a later one admitted.
+  auto engine = MakeCpuEngine(kModel);
+  ASSERT_NE(engine, nullptr);
+  EngineLoop loop(std::move(engine));
+  int refused = 0;
+  for (int round = 0; round < 20; ++round) {
+    Collector first, second;
+    ASSERT_TRUE(loop.Submit(GreedyRequest("x", Prompt(60, round), 400), first.Callback("x")).ok());
+    loop.Cancel("x");
+    const Status again = loop.Submit(GreedyRequest("x", Prompt(20, round), 3), second.Callback("x"));
+    EXPECT_TRUE(again.ok() || again.code() == StatusCode::kAlreadyExists) << again.ToString();
+    refused += again.ok() ? 0 : 1;
+    ASSERT_TRUE(first.WaitForFinished(1));
+    auto firsts = first.results();
+    EXPECT_EQ(firsts["x"].num_finals, 1);
+    EXPECT_FALSE(firsts["x"].output_after_final);
+    EXPECT_EQ(firsts["x"].last.finish_reason, FinishReason::kAbort);
+    if (again.ok()) {
+      ASSERT_TRUE(second.WaitForFinished(1));
+      auto seconds = second.results();
+      EXPECT_EQ(seconds["x"].num_finals, 1);
+      EXPECT_EQ(seconds["x"].tokens.size(), 3u);
+    } else {
+      EXPECT_TRUE(second.results().empty()) << "a refused submit never calls back";
+    }
+  }
+  std::printf("[ engine loop ] resubmits refused while the cancelled one's final was pending: %d of 20\n",
+              refused);
   ExpectPoolWholeWhenIdle(loop);
 }
 
