@@ -164,41 +164,34 @@ Status Run(const std::vector<int>& token_counts, cudaStream_t s, cublasHandle_t 
     TANDEM_ASSIGN_OR_RETURN(auto d_old, UploadInts(items_old));
 
     const float scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
-    auto launch_new = [&](int rep) {
-      kernels::PagedPrefillAttentionParams p;
-      p.q = static_cast<const __nv_bfloat16*>(q[rep % kSets]->data());
-      p.k_cache = static_cast<const __nv_bfloat16*>(k[rep % kSets]->data());
-      p.v_cache = static_cast<const __nv_bfloat16*>(v[rep % kSets]->data());
-      p.out = static_cast<__nv_bfloat16*>(out_new->data());
-      p.block_tables = static_cast<const int32_t*>(d_table->data());
-      p.positions = static_cast<const int32_t*>(d_pos->data());
-      p.work_items = static_cast<const int32_t*>(d_new->data());
-      p.num_work_items = static_cast<int32_t>(items_new.size() / 3);
-      p.max_blocks_per_seq = blocks_per_seq;
-      p.num_heads = kHeads;
-      p.num_kv_heads = kKvHeads;
-      p.head_dim = kHeadDim;
-      p.block_size = kBlockSize;
-      p.scale = scale;
-      return CudaErrorToStatus(kernels::LaunchPagedPrefillAttention(p, s), "prefill attention");
-    };
-    auto launch_old = [&](int rep) {
+    // The two kernels take the same launch description; only the work items and output differ.
+    auto params = [&](int rep, void* out, const void* items, size_t num_items) {
       kernels::PagedAttentionParams p;
       p.q = static_cast<const __nv_bfloat16*>(q[rep % kSets]->data());
       p.k_cache = static_cast<const __nv_bfloat16*>(k[rep % kSets]->data());
       p.v_cache = static_cast<const __nv_bfloat16*>(v[rep % kSets]->data());
-      p.out = static_cast<__nv_bfloat16*>(out_old->data());
+      p.out = static_cast<__nv_bfloat16*>(out);
       p.block_tables = static_cast<const int32_t*>(d_table->data());
       p.positions = static_cast<const int32_t*>(d_pos->data());
-      p.work_items = static_cast<const int32_t*>(d_old->data());
-      p.num_work_items = static_cast<int32_t>(items_old.size() / 3);
+      p.work_items = static_cast<const int32_t*>(items);
+      p.num_work_items = static_cast<int32_t>(num_items / 3);
       p.max_blocks_per_seq = blocks_per_seq;
       p.num_heads = kHeads;
       p.num_kv_heads = kKvHeads;
       p.head_dim = kHeadDim;
       p.block_size = kBlockSize;
       p.scale = scale;
-      return CudaErrorToStatus(kernels::LaunchPagedAttention(p, s), "paged attention");
+      return p;
+    };
+    auto launch_new = [&](int rep) {
+      return CudaErrorToStatus(
+          kernels::LaunchPagedPrefillAttention(params(rep, out_new->data(), d_new->data(), items_new.size()), s),
+          "prefill attention");
+    };
+    auto launch_old = [&](int rep) {
+      return CudaErrorToStatus(
+          kernels::LaunchPagedAttention(params(rep, out_old->data(), d_old->data(), items_old.size()), s),
+          "paged attention");
     };
     TANDEM_ASSIGN_OR_RETURN(double new_s, Time(s, launch_new));
     TANDEM_ASSIGN_OR_RETURN(double old_s, Time(s, launch_old));
