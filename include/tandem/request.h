@@ -15,6 +15,12 @@ namespace tandem {
 
 using Clock = std::chrono::steady_clock;
 
+// Milliseconds from `a` to `b`, and from `start` to now (request timings).
+inline double MillisBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+inline double MillisSince(Clock::time_point start) { return MillisBetween(start, Clock::now()); }
+
 struct Request {
   std::string request_id;                 // unique among live requests of an engine
   std::vector<TokenId> prompt_token_ids;  // non-empty, each in [0, vocab)

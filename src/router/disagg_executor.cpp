@@ -16,10 +16,6 @@ Status FromGrpc(const grpc::Status& s, const std::string& what) {
   return Status(static_cast<StatusCode>(s.error_code()), what + ": " + s.error_message());
 }
 
-double MillisBetween(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
 std::unique_ptr<v1::Worker::Stub> MakeStub(const std::string& address) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);

@@ -17,22 +17,6 @@ bool DeadlinePassed(const grpc::ServerContext& context) {
   return context.deadline() <= std::chrono::system_clock::now();
 }
 
-double MillisSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-// Counts the call as open for its whole life.
-class OpenStreamScope {
- public:
-  explicit OpenStreamScope(std::atomic<int32_t>& count) : count_(count) { ++count_; }
-  ~OpenStreamScope() { --count_; }
-  OpenStreamScope(const OpenStreamScope&) = delete;
-  OpenStreamScope& operator=(const OpenStreamScope&) = delete;
-
- private:
-  std::atomic<int32_t>& count_;
-};
-
 }  // namespace
 
 GenerationService::GenerationService(Executor& executor, ServedModel model,

@@ -6,6 +6,7 @@
 // proportional to its tokens, never a blocked engine thread or a lost token.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -38,6 +39,18 @@ class RequestStream {
   mutable std::mutex mu_;
   std::condition_variable ready_;
   std::deque<RequestOutput> queue_;  // GUARDED_BY(mu_)
+};
+
+// Counts an RPC as an open stream for the scope's life (the services' stats report the count).
+class OpenStreamScope {
+ public:
+  explicit OpenStreamScope(std::atomic<int32_t>& count) : count_(count) { ++count_; }
+  ~OpenStreamScope() { --count_; }
+  OpenStreamScope(const OpenStreamScope&) = delete;
+  OpenStreamScope& operator=(const OpenStreamScope&) = delete;
+
+ private:
+  std::atomic<int32_t>& count_;
 };
 
 }  // namespace tandem

@@ -16,19 +16,6 @@
 namespace tandem {
 namespace {
 
-double MillisSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-class OpenStreamScope {
- public:
-  explicit OpenStreamScope(std::atomic<int32_t>& count) : count_(count) { ++count_; }
-  ~OpenStreamScope() { --count_; }
-
- private:
-  std::atomic<int32_t>& count_;
-};
-
 // The KV a prefill worker's engine thread hands to the call that pushes it.
 class KvSlot {
  public:

@@ -9,13 +9,6 @@
 #include "sampling/sampler.h"
 
 namespace tandem {
-namespace {
-
-double MillisBetween(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-}  // namespace
 
 std::string_view EngineRoleName(EngineRole role) {
   switch (role) {
