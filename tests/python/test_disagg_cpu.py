@@ -417,3 +417,20 @@ def test_shipped_config_serves_and_stops_on_sigterm(start_server, stubs, testdat
     assert srv.terminate() == 0
     log = srv.log_text()
     assert "received SIGTERM" in log and "tandem serve: stopped" in log, log
+
+
+def test_a_worker_refuses_the_nccl_transport_without_a_cuda_backend(tmp_path, testdata):
+    # kv_transport: nccl moves KV between GPUs; a CPU worker must say so and exit, not serve.
+    import subprocess
+    from conftest import tandem_bin
+
+    config = (REPO / "configs" / "cpu-disagg.yaml").read_text().replace("kv_transport: tcp", "kv_transport: nccl")
+    path = tmp_path / "nccl-on-cpu.yaml"
+    path.write_text(config)
+    done = subprocess.run([tandem_bin(), "worker", "--role", "prefill", "--config", str(path),
+                           "--model", str(testdata / "models" / "tiny-llama")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    # Built with NCCL: it needs the cuda backend; built without: this tandem has no NCCL.
+    assert re.search(r"kv_transport nccl (needs the cuda backend|: this tandem was built without)",
+                     done.stdout + done.stderr), done.stdout + done.stderr
