@@ -158,7 +158,7 @@ bool NcclKvTransport::HasRoute(const std::string& request_id) const {
 
 StatusOr<bool> NcclKvTransport::Begin(const std::string& request_id, std::span<const int32_t> block_ids,
                                       int32_t num_tokens) {
-  TANDEM_CHECK(!batch_announced_) << "KvStreamer::Begin after LayerWritten in one step";
+  TANDEM_CHECK(step_peers_.empty()) << "KvStreamer::Begin after LayerWritten in one step";
   std::shared_ptr<Peer> peer;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -207,13 +207,13 @@ Status NcclKvTransport::LayerWritten(int32_t layer) {
   const Millis timeout = options_.transport.io_timeout;
   // The transfers of one step, grouped by peer, in Begin order: the receiver posts its receives
   // layer by layer in the same order.
-  std::vector<std::shared_ptr<Peer>> peers;
-  for (const auto& o : begun_) {
-    if (std::find(peers.begin(), peers.end(), o->peer) == peers.end()) peers.push_back(o->peer);
-  }
-  if (!batch_announced_) {
-    batch_announced_ = true;
-    for (const auto& peer : peers) {
+  if (step_peers_.empty()) {  // the step's first layer: announce its transfers to each peer
+    for (const auto& o : begun_) {
+      if (std::find(step_peers_.begin(), step_peers_.end(), o->peer) == step_peers_.end()) {
+        step_peers_.push_back(o->peer);
+      }
+    }
+    for (const auto& peer : step_peers_) {
       net::PayloadWriter w;
       uint32_t n = 0;
       for (const auto& o : begun_) n += o->peer == peer ? 1 : 0;
@@ -241,7 +241,7 @@ Status NcclKvTransport::LayerWritten(int32_t layer) {
   const int32_t first_layer = layer / per_send * per_send;
   const size_t chunk_layers = static_cast<size_t>(layer - first_layer + 1);
   TANDEM_CUDA_RETURN_IF_ERROR(cudaEventRecord(layer_event_, backend_.stream()));
-  for (const auto& peer : peers) {
+  for (const auto& peer : step_peers_) {
     Status s;
     {
       std::lock_guard<std::mutex> lock(peer->nccl_mu);
@@ -275,7 +275,7 @@ void NcclKvTransport::Commit(const std::string& request_id, std::optional<TokenI
   TANDEM_CHECK(it != begun_.end()) << "Commit of request '" << request_id << "' that was not begun";
   std::shared_ptr<Outgoing> out = std::move(*it);
   begun_.erase(it);
-  if (begun_.empty()) batch_announced_ = false;
+  if (begun_.empty()) step_peers_.clear();
   {
     std::lock_guard<std::mutex> lock(mu_);
     out->committed = true;

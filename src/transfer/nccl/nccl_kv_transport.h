@@ -133,7 +133,9 @@ class NcclKvTransport final : public KvTransport, public KvStreamer {
   std::vector<std::shared_ptr<Peer>> all_peers_;  // GUARDED_BY(mu_): every connected peer (readers joined at Shutdown)
   std::mutex connect_mu_;                                              // one Connect at a time
   std::vector<std::shared_ptr<Outgoing>> begun_;                       // engine thread only
-  bool batch_announced_ = false;                                       // engine thread only
+  // Engine thread only: the peers of the step's begun transfers, in Begin order; set (and the
+  // batch announced to them) at the step's first LayerWritten, cleared once all are committed.
+  std::vector<std::shared_ptr<Peer>> step_peers_;
 
   // Receiver state.
   KvReceiveHandler handler_;  // Constant after Listen
