@@ -84,7 +84,7 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDevice(backend_.device()));
   cudaStream_t stream = nullptr;
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  ncclComm_t comm = nullptr;
+  PairComms comms;
   std::deque<std::vector<std::shared_ptr<Incoming>>> batches;       // announced, in order
   std::unordered_map<std::string, std::shared_ptr<Incoming>> by_id;  // announced, not answered
   size_t warmup = 0;  // staging offset of the warm-up receive while held
@@ -92,10 +92,8 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
   cudaEvent_t warmup_event = nullptr;
 
   auto serve = [&]() -> Status {
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;
-    TANDEM_RETURN_IF_ERROR(NcclStatus(ncclCommInitRankConfig(&comm, 2, id, 1, &config), "ncclCommInitRankConfig"));
-    TANDEM_RETURN_IF_ERROR(WaitComm(comm, options_.transport.connect_timeout + timeout, "communicator setup"));
+    TANDEM_RETURN_IF_ERROR(CreatePairComms(id, 1, options_.transport.connect_timeout + timeout, &comms));
+    const ncclComm_t comm = comms.data;
     TANDEM_RETURN_IF_ERROR(WriteFrame(fd, Frame::kVerdict, net::EncodeStatus(OkStatus()), timeout));
     std::optional<size_t> offset = arena_.Allocate(kWarmupBytes);
     if (!offset) return ResourceExhaustedError("no staging for the warm-up receive");
@@ -103,7 +101,6 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
     holds_warmup = true;
     TANDEM_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&warmup_event, cudaEventDisableTiming));
     TANDEM_RETURN_IF_ERROR(NcclStatus(ncclRecv(Staging(warmup), kWarmupBytes, ncclUint8, 0, comm, stream), "ncclRecv"));
-    TANDEM_RETURN_IF_ERROR(WaitComm(comm, timeout, "warm-up receive"));
     TANDEM_CUDA_RETURN_IF_ERROR(cudaEventRecord(warmup_event, stream));
     TANDEM_RETURN_IF_ERROR(WaitEvent(warmup_event, options_.transport.connect_timeout + timeout, "warm-up receive"));
     arena_.Free(warmup);
@@ -143,8 +140,7 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
                 "ncclRecv"));
           }
         }
-        TANDEM_RETURN_IF_ERROR(NcclStatus(ncclGroupEnd(), "ncclGroupEnd"));
-        TANDEM_RETURN_IF_ERROR(WaitComm(comm, timeout, "posting KV receives"));
+        TANDEM_RETURN_IF_ERROR(NcclStatus(ncclGroupEnd(), "ncclGroupEnd"));  // blocking communicator: launched
         cudaEvent_t raw = nullptr;
         TANDEM_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&raw, cudaEventDisableTiming));
         std::shared_ptr<CUevent_st> done(raw, [](cudaEvent_t e) { (void)cudaEventDestroy(e); });
@@ -197,10 +193,14 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
       ncclResult_t state = ncclSuccess;
       TANDEM_RETURN_IF_ERROR(NcclStatus(ncclCommGetAsyncError(comm, &state), "ncclCommGetAsyncError"));
       if (state != ncclSuccess && state != ncclInProgress) return NcclStatus(state, "asynchronous error");
-      // Control frames: block up to 50 ms when idle; while receives are in flight, look without
-      // waiting and nap briefly so the event polls above stay fine-grained.
-      if (!Readable(fd, by_id.empty() ? Millis(50) : Millis(0))) {
-        if (!by_id.empty()) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      // Control frames. While receives are in flight, look without waiting and yield, so the
+      // event polls above see the data land within microseconds (a sleep, even a short one, costs
+      // the timer slack: ~50 us more per transfer); otherwise block in poll(), which wakes as soon
+      // as a frame arrives (up to 50 ms when idle, to notice shutdown).
+      const bool in_flight = std::any_of(by_id.begin(), by_id.end(),
+                                         [](const auto& e) { return e.second->posted && !e.second->received; });
+      if (!Readable(fd, in_flight ? Millis(0) : by_id.empty() ? Millis(50) : Millis(5))) {
+        if (in_flight) std::this_thread::yield();
         continue;
       }
       TANDEM_ASSIGN_OR_RETURN(auto frame, ReadFrame(fd, timeout));
@@ -248,7 +248,7 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
   Status ended = serve();
   // The link is over: abort the communicator (ends receives stuck on it), release every
   // reservation still waiting and all staging.
-  if (comm != nullptr) (void)ncclCommAbort(comm);
+  AbortPairComms(&comms);
   (void)cudaStreamSynchronize(stream);
   for (auto& [request_id, in] : by_id) {
     if (in->accepted.ok()) handler_.fail(request_id, ended.ok() ? UnavailableError("KV link closed") : ended);

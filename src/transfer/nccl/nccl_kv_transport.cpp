@@ -86,18 +86,14 @@ StatusOr<std::shared_ptr<NcclKvTransport::Peer>> NcclKvTransport::Connect(const 
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&peer->stream, cudaStreamNonBlocking));
   std::optional<size_t> warmup;
   auto fail = [&](Status s) {
-    if (peer->comm != nullptr) (void)ncclCommAbort(peer->comm);
-    peer->comm = nullptr;
+    AbortPairComms(&peer->comms);
     (void)cudaStreamSynchronize(peer->stream);
     (void)cudaStreamDestroy(peer->stream);
     peer->stream = nullptr;
     if (warmup) arena_.Free(*warmup);
     return Status(s.code(), "KV link to " + endpoint + ": " + s.message());
   };
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 0;
-  Status s = NcclStatus(ncclCommInitRankConfig(&peer->comm, 2, id, 0, &config), "ncclCommInitRankConfig");
-  if (s.ok()) s = WaitComm(peer->comm, options_.transport.connect_timeout + timeout, "communicator setup");
+  Status s = CreatePairComms(id, 0, options_.transport.connect_timeout + timeout, &peer->comms);
   if (!s.ok()) return fail(s);
   // The receiver answers once its half of the communicator is up.
   auto verdict = ReadFrame(peer->socket.fd(), options_.transport.connect_timeout + timeout);
@@ -111,8 +107,7 @@ StatusOr<std::shared_ptr<NcclKvTransport::Peer>> NcclKvTransport::Connect(const 
   if (cudaEventCreateWithFlags(&event, cudaEventDisableTiming) != cudaSuccess) {
     return fail(InternalError("cudaEventCreate failed"));
   }
-  s = NcclStatus(ncclSend(Staging(*warmup), kWarmupBytes, ncclUint8, 1, peer->comm, peer->stream), "ncclSend");
-  if (s.ok()) s = WaitComm(peer->comm, timeout, "warm-up send");
+  s = NcclStatus(ncclSend(Staging(*warmup), kWarmupBytes, ncclUint8, 1, peer->comms.data, peer->stream), "ncclSend");
   if (s.ok()) s = CudaErrorToStatus(cudaEventRecord(event, peer->stream), "cudaEventRecord");
   if (s.ok()) s = WaitEvent(event, options_.transport.connect_timeout + timeout, "warm-up send");
   (void)cudaEventDestroy(event);
@@ -245,7 +240,7 @@ Status NcclKvTransport::LayerWritten(int32_t layer) {
     Status s;
     {
       std::lock_guard<std::mutex> lock(peer->nccl_mu);
-      if (peer->comm == nullptr || peer->broken.load()) continue;
+      if (peer->comms.data == nullptr || peer->broken.load()) continue;
       s = CudaErrorToStatus(cudaStreamWaitEvent(peer->stream, layer_event_, 0), "cudaStreamWaitEvent");
       if (s.ok()) s = NcclStatus(ncclGroupStart(), "ncclGroupStart");
       for (const auto& o : begun_) {
@@ -253,11 +248,10 @@ Status NcclKvTransport::LayerWritten(int32_t layer) {
         if (o->peer != peer) continue;
         const size_t layer_bytes = TransferBytes(o->num_blocks) / static_cast<size_t>(geometry_.num_layers);
         s = NcclStatus(ncclSend(Staging(o->offset + static_cast<size_t>(first_layer) * layer_bytes),
-                                chunk_layers * layer_bytes, ncclUint8, 1, peer->comm, peer->stream),
+                                chunk_layers * layer_bytes, ncclUint8, 1, peer->comms.data, peer->stream),
                        "ncclSend");
       }
-      if (s.ok()) s = NcclStatus(ncclGroupEnd(), "ncclGroupEnd");
-      if (s.ok()) s = WaitComm(peer->comm, timeout, "enqueueing KV sends");
+      if (s.ok()) s = NcclStatus(ncclGroupEnd(), "ncclGroupEnd");  // blocking communicator: launched on return
       for (const auto& o : begun_) {
         if (s.ok() && last && o->peer == peer) {
           s = CudaErrorToStatus(cudaEventRecord(o->sent, peer->stream), "cudaEventRecord");
@@ -330,7 +324,7 @@ void NcclKvTransport::ReadAcks(std::shared_ptr<Peer> peer) {
     ncclResult_t state = ncclSuccess;
     {
       std::lock_guard<std::mutex> lock(peer->nccl_mu);
-      if (peer->comm != nullptr) (void)ncclCommGetAsyncError(peer->comm, &state);
+      if (peer->comms.data != nullptr) (void)ncclCommGetAsyncError(peer->comms.data, &state);
     }
     if (state != ncclSuccess && state != ncclInProgress) {
       FailPeer(peer, NcclStatus(state, "asynchronous error"));
@@ -365,8 +359,7 @@ void NcclKvTransport::FailPeer(const std::shared_ptr<Peer>& failed, const Status
                error.ToString());
   {
     std::lock_guard<std::mutex> lock(peer.nccl_mu);
-    if (peer.comm != nullptr) (void)ncclCommAbort(peer.comm);  // ends the sends stuck on it
-    peer.comm = nullptr;
+    AbortPairComms(&peer.comms);  // ends the sends stuck on them
   }
   (void)cudaStreamSynchronize(peer.stream);
   ::shutdown(peer.socket.fd(), SHUT_RDWR);  // the receiver sees the end at once

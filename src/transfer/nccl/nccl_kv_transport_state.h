@@ -17,6 +17,8 @@
 namespace tandem {
 
 // The protocol's vocabulary, for the two files that implement it (this header is theirs alone).
+using nccl_wire::AbortPairComms;
+using nccl_wire::CreatePairComms;
 using nccl_wire::Frame;
 using nccl_wire::GetGeometry;
 using nccl_wire::kVersion;
@@ -25,6 +27,7 @@ using nccl_wire::LayersPerSend;
 using nccl_wire::Millis;
 using nccl_wire::MillisText;
 using nccl_wire::NcclStatus;
+using nccl_wire::PairComms;
 using nccl_wire::PutGeometry;
 using nccl_wire::Readable;
 using nccl_wire::ReadFrame;
@@ -38,7 +41,7 @@ struct NcclKvTransport::Peer {
   net::Socket socket;
   std::mutex write_mu;           // control writes (engine thread, reader thread)
   std::mutex nccl_mu;            // NCCL calls on comm
-  ncclComm_t comm = nullptr;     // GUARDED_BY(nccl_mu); null once aborted
+  nccl_wire::PairComms comms;    // GUARDED_BY(nccl_mu); null once aborted
   cudaStream_t stream = nullptr; // the pair's send stream
   std::atomic<bool> broken{false};
   std::thread reader;

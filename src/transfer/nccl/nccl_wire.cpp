@@ -47,6 +47,31 @@ Status WaitComm(ncclComm_t comm, Millis timeout, const std::string& what) {
   }
 }
 
+Status CreatePairComms(const ncclUniqueId& id, int rank, Millis timeout, PairComms* comms) {
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclUniqueId unique_id = id;
+  TANDEM_RETURN_IF_ERROR(
+      NcclStatus(ncclCommInitRankConfig(&comms->setup, 2, unique_id, rank, &config), "ncclCommInitRankConfig"));
+  TANDEM_RETURN_IF_ERROR(WaitComm(comms->setup, timeout, "communicator setup"));
+  ncclConfig_t data_config = NCCL_CONFIG_INITIALIZER;
+  data_config.blocking = 1;
+  data_config.splitShare = 1;  // the split shares the parent's resources
+  TANDEM_RETURN_IF_ERROR(
+      NcclStatus(ncclCommSplit(comms->setup, 0, rank, &comms->data, &data_config), "ncclCommSplit"));
+  // A non-blocking parent runs the split in the background and sets `data` once it is complete.
+  TANDEM_RETURN_IF_ERROR(WaitComm(comms->setup, timeout, "data communicator setup"));
+  if (comms->data == nullptr) return UnavailableError("NCCL ncclCommSplit gave no communicator");
+  return WaitComm(comms->data, timeout, "data communicator setup");
+}
+
+void AbortPairComms(PairComms* comms) {
+  if (comms->data != nullptr) (void)ncclCommAbort(comms->data);
+  if (comms->setup != nullptr) (void)ncclCommAbort(comms->setup);
+  comms->data = nullptr;
+  comms->setup = nullptr;
+}
+
 Status WaitEvent(cudaEvent_t event, Millis timeout, const std::string& what) {
   const auto start = Clock::now();
   const auto deadline = start + timeout;

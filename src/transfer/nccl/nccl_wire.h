@@ -17,7 +17,7 @@
 namespace tandem::nccl_wire {
 
 inline constexpr uint32_t kMagic = 0x31564b4e;  // "NKV1"
-inline constexpr uint32_t kVersion = 2;
+inline constexpr uint32_t kVersion = 3;
 inline constexpr size_t kMaxControlPayload = 1 << 20;
 inline constexpr size_t kWarmupBytes = 256;
 // Layers per NCCL send when a transfer leaves in `sends` sends (consecutive layers each; a
@@ -33,6 +33,19 @@ enum class Frame : uint32_t { kHello = 1, kVerdict = 2, kBatch = 3, kCommit = 4,
 using net::Millis;
 
 std::string MillisText(Millis m);
+
+// A pair's two communicators. `setup` is non-blocking, so creating it (which waits for the peer) is
+// bounded and abortable; `data`, split from it with blocking = 1, carries the sends and receives:
+// an ncclGroupEnd on a non-blocking communicator starts a thread per call and returns before the
+// launch (~0.2 ms per send measured, benchmarks/RESULTS.md), on a blocking one it launches on the
+// calling thread in microseconds. Both ranks create them together.
+struct PairComms {
+  ncclComm_t setup = nullptr;
+  ncclComm_t data = nullptr;
+};
+Status CreatePairComms(const ncclUniqueId& id, int rank, Millis timeout, PairComms* comms);
+// Aborts both (ends operations stuck on them); null afterwards. No-op on null ones.
+void AbortPairComms(PairComms* comms);
 // OK for ncclSuccess and ncclInProgress; Unavailable naming `what` otherwise.
 Status NcclStatus(ncclResult_t r, const std::string& what);
 // A non-blocking communicator's last call has finished (ncclInProgress turned into ncclSuccess),
