@@ -481,6 +481,8 @@ bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group) {
   return (head_dim == 64 || head_dim == 128 || head_dim == 256) && group >= 1 && group <= 8;
 }
 
+bool PagedDecodeAttentionTensorCores(int32_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
 int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms,
                                    PagedDecodeKernel kernel) {
   const int64_t pairs = std::max<int64_t>(1, static_cast<int64_t>(num_seqs) * num_kv_heads);
@@ -508,8 +510,9 @@ cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& p, cuda
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.num_splits < 1) return cudaErrorInvalidValue;
   if (!PagedDecodeAttentionSupports(p.head_dim, p.num_heads / p.num_kv_heads)) return cudaErrorInvalidValue;
   if (p.num_splits > 1 && p.partial == nullptr) return cudaErrorInvalidValue;
-  const bool tensor_cores = p.kernel == PagedDecodeKernel::kAuto ? p.head_dim != 256 : p.kernel != PagedDecodeKernel::kCudaCore;
-  if (tensor_cores && p.head_dim == 256) return cudaErrorInvalidValue;
+  const bool tensor_cores = p.kernel == PagedDecodeKernel::kAuto ? PagedDecodeAttentionTensorCores(p.head_dim)
+                                                                 : p.kernel == PagedDecodeKernel::kTensorCore;
+  if (tensor_cores && !PagedDecodeAttentionTensorCores(p.head_dim)) return cudaErrorInvalidValue;
   if (p.num_seqs == 0) return cudaSuccess;
   switch (p.head_dim) {
     case 64: return tensor_cores ? LaunchTensorCoreForHeadDim<64>(p, stream) : LaunchCudaCoreForHeadDim<64>(p, stream);

@@ -24,17 +24,21 @@
 namespace tandem::kernels {
 
 bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group);
+// Whether kAuto takes the tensor-core kernel for `head_dim` (64, 128); else the CUDA-core one.
+bool PagedDecodeAttentionTensorCores(int32_t head_dim);
 
-// Which kernel a launch takes. kAuto (the engine's choice): tensor cores for head dims 64 and 128,
-// CUDA cores for 256. The others name one kernel, for benchmarks and tests.
+// Which kernel a launch takes. kAuto: tensor cores for head dims 64 and 128, CUDA cores for 256
+// (the engine names the one it takes, see PagedDecodeAttentionTensorCores). The others name one
+// kernel, for the engine, benchmarks and tests.
 enum class PagedDecodeKernel : int32_t { kAuto, kCudaCore, kTensorCore };
 
-// Key splits per sequence for a batch, at least 64 keys each for a context of `max_context`. The
-// tensor-core policy (every kernel but kCudaCore): the fewest splits (at most 64) that keep >= 90%
-// of the CTA slots of every wave busy (2 resident CTAs per SM). kCudaCore: enough CTAs to fill the
-// SMs twice (its policy before the tensor-core kernel). Each sequence divides its own keys among
-// the splits (at least 64 per split, in whole 16-key tiles, the rest empty), so any num_splits is
-// correct for any batch: a graph fixes it from the longest context it may see.
+// Key splits per sequence for a batch, at least 64 keys each for a context of `max_context`, for
+// the kernel the launch takes (kAuto stands for the tensor-core one). Tensor-core policy: the
+// fewest splits (at most 64) that keep >= 90% of the CTA slots of every wave busy (2 resident CTAs
+// per SM). kCudaCore: enough CTAs to fill the SMs twice (its policy before the tensor-core
+// kernel). Each sequence divides its own keys among the splits (at least 64 per split, in whole
+// 16-key tiles, the rest empty), so any num_splits is correct for any batch: a graph fixes it from
+// the longest context it may see.
 int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms,
                                    PagedDecodeKernel kernel = PagedDecodeKernel::kAuto);
 

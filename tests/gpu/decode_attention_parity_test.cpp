@@ -183,8 +183,11 @@ TEST_F(DecodeAttentionParityTest, TensorCoreKernelRejectsHeadDim256) {
   EXPECT_EQ(kernels::LaunchPagedDecodeAttention(p, cuda_->stream()), cudaErrorInvalidValue);
 }
 
-// The policy fills every SM's CTA slots to >= 90% in each wave, within its caps.
+// The tensor-core policy fills every SM's CTA slots to >= 90% in each wave, within its caps.
 TEST(DecodeAttentionSplitPolicy, FillsTheWavesWithinTheCaps) {
+  EXPECT_TRUE(kernels::PagedDecodeAttentionTensorCores(64));
+  EXPECT_TRUE(kernels::PagedDecodeAttentionTensorCores(128));
+  EXPECT_FALSE(kernels::PagedDecodeAttentionTensorCores(256));
   for (int32_t sms : {1, 78, 114, 132}) {
     for (int32_t seqs : {1, 2, 7, 32, 64, 100, 128, 256, 1000}) {
       for (int32_t nkv : {1, 8}) {
@@ -201,6 +204,11 @@ TEST(DecodeAttentionSplitPolicy, FillsTheWavesWithinTheCaps) {
           if (!capped) {
             EXPECT_GE(10 * ctas, 9 * waves * slots) << what;
           }
+          // The CUDA-core kernel keeps its own policy: enough CTAs to fill the SMs twice.
+          const int64_t want = (2LL * sms + int64_t{seqs} * nkv - 1) / (int64_t{seqs} * nkv);
+          EXPECT_EQ(kernels::PagedDecodeAttentionSplits(seqs, nkv, ctx, sms, PagedDecodeKernel::kCudaCore),
+                    std::max<int64_t>(1, std::min<int64_t>(want, std::max(1, (ctx + 63) / 64))))
+              << what;
         }
       }
     }

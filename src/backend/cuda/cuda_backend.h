@@ -114,8 +114,8 @@ class CudaBackend final : public Backend {
   static int32_t AttentionTileTokens(const AttentionParams& params);
   StatusOr<DeviceAttentionView> AttentionView(const AttentionParams& params, const AttentionMetadata& meta,
                                               const KvLayerView& cache);
-  // The split-KV decode kernel (and so its split policy) this backend launches.
-  kernels::PagedDecodeKernel DecodeAttentionKernel() const;
+  // The split-KV decode kernel (and so the split policy) this backend launches for a head dim.
+  kernels::PagedDecodeKernel DecodeAttentionKernel(int32_t head_dim) const;
   // Split-KV decode attention over the staged inputs (inside a decode graph step).
   Status StagedDecodeAttention(const Tensor& q, KvLayerView cache, const AttentionParams& params, Tensor out);
 
