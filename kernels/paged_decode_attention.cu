@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/kernel_utils.cuh"
+#include "kernels/tensor_core_utils.cuh"
 
 namespace tandem::kernels {
 namespace {
@@ -11,6 +12,9 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMinKeysPerSplit = 64;
+constexpr int kTileKeys = 16;   // keys per tensor-core tile, and the granularity of a split
+constexpr int kMaxSplits = 64;
+constexpr int kCtasPerSm = 2;   // resident tensor-core CTAs per SM: the split policy's slots
 
 __device__ __forceinline__ void Bf16x8ToFloat(const uint4& raw, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
@@ -25,11 +29,65 @@ __device__ __forceinline__ void Bf16x8ToFloat(const uint4& raw, float (&f)[8]) {
 // exp2(m - m_ref), 0 for an empty state (m = -inf).
 __device__ __forceinline__ float Rescale(float m, float m_ref) { return m == -INFINITY ? 0.0f : exp2f(m - m_ref); }
 
+// Keys [r0, r1) of this CTA's split. The sequence's own keys are split (at least kMinKeysPerSplit
+// each, in whole tiles), so the grid can be fixed (a captured graph) while lengths vary: splits
+// past the sequence's keys are empty (r0 >= r1), and their partial state (m = -inf, l = 0) weighs
+// nothing in the combine.
+struct KeyRange {
+  int32_t r0, r1;
+};
+__device__ __forceinline__ KeyRange SplitKeys(const PagedDecodeAttentionParams& p, int32_t seq, int32_t split) {
+  const int32_t pos = p.positions[seq];
+  const int32_t first = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0;
+  const int32_t len = pos + 1 - first;
+  int32_t split_len = max(kMinKeysPerSplit, (len + p.num_splits - 1) / p.num_splits);
+  split_len = (split_len + kTileKeys - 1) / kTileKeys * kTileKeys;
+  const int32_t r0 = first + split * split_len;
+  return {r0, min(pos + 1, r0 + split_len)};
+}
+
+// Merges the CTA's per-warp states (s_acc[w][h][d] over kHs head slots, s_m and s_l [w][h]) and
+// writes the output (one split) or this split's partial state.
+template <int kD, int kHs>
+__device__ __forceinline__ void MergeWarpsAndStore(const PagedDecodeAttentionParams& p, const float* s_acc,
+                                                   const float* s_m, const float* s_l, int32_t seq,
+                                                   int32_t kv_head, int32_t split) {
+  const int32_t group = p.num_heads / p.num_kv_heads;
+  for (int i = threadIdx.x; i < group * kD; i += kThreads) {
+    const int h = i / kD;
+    const int d = i % kD;
+    float m_all = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w * kHs + h]);
+    float a = 0.0f, sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = Rescale(s_m[w * kHs + h], m_all);
+      a += s_acc[(w * kHs + h) * kD + d] * f;
+      sum += s_l[w * kHs + h] * f;
+    }
+    const int32_t head = kv_head * group + h;
+    if (p.num_splits == 1) {
+      p.out[(static_cast<int64_t>(seq) * p.num_heads + head) * kD + d] =
+          __float2bfloat16_rn(sum > 0.0f ? a / sum : 0.0f);
+    } else {
+      float* part = p.partial + ((static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split) * (kD + 2);
+      part[d] = a;
+      if (d == 0) {
+        part[kD] = m_all;
+        part[kD + 1] = sum;
+      }
+    }
+  }
+}
+
+// ---- CUDA-core kernel (head dim 256; the "before" of the tensor-core kernel in benchmarks) ----
+
 // kD: head dim; kG: query heads per KV head this instance holds (the runtime group is <= kG).
 // Lanes form subgroups of kL = kD / 8 lanes; a subgroup reads one key row (16 bytes per lane) and
 // keeps its own online-softmax state for the 8 dims its lanes own; states merge at the end.
 template <int kD, int kG>
-__global__ void __launch_bounds__(kThreads) PagedDecodeAttentionKernel(PagedDecodeAttentionParams p) {
+__global__ void __launch_bounds__(kThreads) CudaCoreDecodeKernel(PagedDecodeAttentionParams p) {
   constexpr int kL = kD / 8;             // lanes per key row
   constexpr int kS = 32 / kL;            // key rows per warp per load round
   constexpr int kU = kG <= 4 ? 4 : 2;    // load rounds in flight
@@ -46,15 +104,8 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeAttentionKernel(PagedDeco
   const int32_t seq = blockIdx.z;
   const int32_t group = p.num_heads / p.num_kv_heads;
 
-  const int32_t pos = p.positions[seq];
-  const int32_t first = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0;
-  // The sequence's own keys are split (at least kMinKeysPerSplit each), so the grid can be fixed
-  // (a captured graph) while lengths vary: splits past the sequence's keys are empty, and their
-  // partial state (m = -inf, l = 0) weighs nothing in the combine.
-  const int32_t len = pos + 1 - first;
-  const int32_t split_len = max(kMinKeysPerSplit, (len + p.num_splits - 1) / p.num_splits);
-  const int32_t r0 = first + split * split_len;
-  const int32_t r1 = min(pos + 1, r0 + split_len);  // keys [r0, r1), empty when r0 > pos
+  const KeyRange range = SplitKeys(p, seq, split);
+  const int32_t r0 = range.r0, r1 = range.r1;
 
   // This lane's 8 dims of every query head, scaled so scores are in log2 units.
   float q[kG][8];
@@ -171,33 +222,193 @@ __global__ void __launch_bounds__(kThreads) PagedDecodeAttentionKernel(PagedDeco
   }
   __syncthreads();
 
-  // Merge the warps; write the result (one split) or this split's partial state.
-  for (int i = threadIdx.x; i < group * kD; i += kThreads) {
-    const int h = i / kD;
-    const int d = i % kD;
-    float m_all = -INFINITY;
+  MergeWarpsAndStore<kD, kG>(p, &s_acc[0][0][0], &s_m[0][0], &s_l[0][0], seq, kv_head, split);
+}
+
+// ---- tensor-core kernel (head dims 64, 128) ----
+
+// A warp's ring: kStages stages of one tile each, K then V, rows of kD bf16 whose 16-byte chunks
+// are XOR-swizzled by (row % 8) so the 8 rows one ldmatrix phase reads hit distinct bank groups.
+template <int kD, int kStages>
+struct TcShape {
+  static constexpr int kChunks = kD / 8;                       // 16-byte chunks per row
+  static constexpr int kTileBytes = kTileKeys * kD * 2;        // K (or V) of one tile
+  static constexpr int kChunksPerLane = kTileKeys * kChunks / 32;  // of K (and of V) per tile
+  static constexpr int kWarpBytes = kStages * 2 * kTileBytes;
+  static constexpr size_t kRingBytes = static_cast<size_t>(kWarps) * kWarpBytes;
+  // The epilogue reuses the ring: per-warp accumulators of 8 head slots, then m and l.
+  static constexpr size_t kMergeBytes = sizeof(float) * kWarps * 8 * (kD + 2);
+  static constexpr size_t kSmemBytes = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
+  static_assert(kChunksPerLane * 32 == kTileKeys * kChunks && 32 % kChunks == 0);
+};
+
+// Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 * g + t. Scores S = Q K^T of one tile as two
+// 16x8 tiles (keys 0-7, 8-15): this lane holds head g, keys 2t, 2t+1 (+8) in c[0..1]; rows g + 8
+// (heads past the group's 8) are zero in A and ignored. Those c[0..1] pairs are exactly the A
+// fragment of P for P V, and V comes in through ldmatrix.trans; O (16 x kD) accumulates in
+// kD / 8 tiles of which this lane's c[0..1] are head g, dims 8n + 2t, 2t+1.
+template <int kD, int kStages>
+__global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecodeAttentionParams p) {
+  using S = TcShape<kD, kStages>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int32_t split = blockIdx.x;
+  const int32_t kv_head = blockIdx.y;
+  const int32_t seq = blockIdx.z;
+  const int32_t group = p.num_heads / p.num_kv_heads;
+  const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
+  // Blocks of a multiple of 16 keys hold whole tiles: one table lookup per tile, prefetched a tile ahead.
+  const bool whole_tiles = p.block_size % kTileKeys == 0;
+  // Split 0 without a window starts at key 0 whatever the length, so the blocks of its first tiles
+  // are looked up beside the position, not after it (an entry past the sequence's blocks is read,
+  // never used).
+  const bool early = split == 0 && p.sliding_window <= 0 && whole_tiles;
+  int32_t early_block[kStages];
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) m_all = fmaxf(m_all, s_m[w][h]);
-    float a = 0.0f, sum = 0.0f;
+  for (int i = 0; i < kStages; ++i) {
+    const int32_t b = (warp + kWarps * i) * kTileKeys / p.block_size;
+    early_block[i] = early && b < p.max_blocks_per_seq ? table[b] : 0;
+  }
+  const KeyRange range = SplitKeys(p, seq, split);
+  const int32_t r0 = range.r0, r1 = range.r1;
+
+  // Q of head g as A fragments (k chunks of 16 dims): cols 2t, 2t+1 and 2t+8, 2t+9.
+  uint32_t qa[kD / 16][2];
+  {
+    const bool head_ok = g < group;
+    const __nv_bfloat16* q_row = p.q + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group + (head_ok ? g : 0)) * kD;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float f = Rescale(s_m[w][h], m_all);
-      a += s_acc[w][h][d] * f;
-      sum += s_l[w][h] * f;
-    }
-    const int32_t head = kv_head * group + h;
-    if (p.num_splits == 1) {
-      p.out[(static_cast<int64_t>(seq) * p.num_heads + head) * kD + d] =
-          __float2bfloat16_rn(sum > 0.0f ? a / sum : 0.0f);
-    } else {
-      float* part = p.partial + ((static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split) * (kD + 2);
-      part[d] = a;
-      if (d == 0) {
-        part[kD] = m_all;
-        part[kD + 1] = sum;
-      }
+    for (int kc = 0; kc < kD / 16; ++kc) {
+      qa[kc][0] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t) : 0u;
+      qa[kc][1] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t + 8) : 0u;
     }
   }
+  const float q_scale = p.scale * kLog2e;
+  float o[kD / 8][4];
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m = -INFINITY, l = 0.0f;  // head g; l is this lane's share until the end
+
+  // This warp's tiles: tile_begin + warp + kWarps * i, i < n_tiles (each holds a key of the range).
+  const int32_t tile_begin = r0 / kTileKeys;
+  const int32_t tile_end = r0 < r1 ? (r1 + kTileKeys - 1) / kTileKeys : tile_begin;
+  const int32_t n_tiles = max(0, (tile_end - tile_begin - warp + kWarps - 1) / kWarps);
+  const int64_t block_stride = static_cast<int64_t>(p.num_kv_heads) * p.block_size * kD;
+  const __nv_bfloat16* k_head = p.k_cache + static_cast<int64_t>(kv_head) * p.block_size * kD;
+  const __nv_bfloat16* v_head = p.v_cache + static_cast<int64_t>(kv_head) * p.block_size * kD;
+  const uint32_t ring = SmemAddr(smem) + warp * S::kWarpBytes;
+  const uint64_t stream_policy = L2EvictFirstPolicy();  // K/V is read once
+  auto tile_key = [&](int32_t i) { return (tile_begin + warp + kWarps * i) * kTileKeys; };
+  auto tile_block = [&](int32_t i) { return whole_tiles ? table[tile_key(i) / p.block_size] : 0; };
+  // This lane's chunks of a tile: rows lane / kChunks + j * (32 / kChunks), column lane % kChunks.
+  const int col = lane % S::kChunks;
+  const int row0 = lane / S::kChunks;
+  auto issue = [&](int32_t i, int32_t block) {
+    const int32_t key0 = tile_key(i);
+    const uint32_t k_dst = ring + (i % kStages) * 2 * S::kTileBytes;
+    const int64_t tile_src = static_cast<int64_t>(block) * block_stride + static_cast<int64_t>(key0 % p.block_size) * kD;
+#pragma unroll
+    for (int j = 0; j < S::kChunksPerLane; ++j) {
+      const int row = row0 + j * (32 / S::kChunks);
+      const int32_t key = key0 + row;
+      const bool valid = key >= r0 && key < r1;
+      int64_t src = tile_src + row * kD;
+      if (!whole_tiles) {
+        src = valid ? table[key / p.block_size] * block_stride + static_cast<int64_t>(key % p.block_size) * kD : 0;
+      }
+      const uint32_t dst = k_dst + row * (kD * 2) + ((col ^ (row & 7)) << 4);
+      CpAsync16(dst, k_head + src + col * 8, valid, stream_policy);
+      CpAsync16(dst + S::kTileBytes, v_head + src + col * 8, valid, stream_policy);
+    }
+  };
+  // ldmatrix row addresses: lane supplies row (lane & 7) of matrix (lane >> 3).
+  const int mat = lane >> 3, mrow = lane & 7;
+  const uint32_t k_lane = ((mat >> 1) * 8 + mrow) * (kD * 2);  // K: matrices (keys 0-7 | 8-15) x (chunk 2kc | 2kc+1)
+  const int k_chunk = mat & 1;
+  const uint32_t v_lane = ((mat & 1) * 8 + mrow) * (kD * 2);   // V: matrices (keys 0-7 | 8-15) x (dims 16n | 16n+8)
+  const int v_chunk = mat >> 1;
+
+#pragma unroll
+  for (int i = 0; i < kStages - 1; ++i) {
+    if (i < n_tiles) issue(i, early ? early_block[i] : tile_block(i));
+    CpAsyncCommit();
+  }
+  int32_t next_block = kStages - 1 < n_tiles ? (early ? early_block[kStages - 1] : tile_block(kStages - 1)) : 0;
+  for (int32_t i = 0; i < n_tiles; ++i) {
+    const int32_t ahead = i + kStages - 1;
+    if (ahead < n_tiles) issue(ahead, next_block);
+    CpAsyncCommit();
+    if (ahead + 1 < n_tiles) next_block = tile_block(ahead + 1);
+    CpAsyncWait<kStages - 1>();
+    __syncwarp();
+    const uint32_t k_tile = ring + (i % kStages) * 2 * S::kTileBytes;
+    const uint32_t v_tile = k_tile + S::kTileBytes;
+
+    // Scores of keys 0-7 (s0) and 8-15 (s1), even and odd k chunks in separate accumulators: two
+    // dependent mma chains of half the length (the last tiles' latency is the kernel's tail).
+    float s0[2][4] = {}, s1[2][4] = {};
+#pragma unroll
+    for (int kc = 0; kc < kD / 16; ++kc) {
+      uint32_t b[4];
+      LdMatrixX4(b, k_tile + k_lane + (((2 * kc + k_chunk) ^ mrow) << 4));
+      const uint32_t a[4] = {qa[kc][0], 0u, qa[kc][1], 0u};
+      Mma(s0[kc & 1], a, b[0], b[1]);
+      Mma(s1[kc & 1], a, b[2], b[3]);
+    }
+    const int32_t key0 = tile_key(i) + 2 * t;
+    // Keys key0, key0 + 1, key0 + 8, key0 + 9.
+    float sc[4] = {s0[0][0] + s0[1][0], s0[0][1] + s0[1][1], s1[0][0] + s1[1][0], s1[0][1] + s1[1][1]};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int32_t key = key0 + (e >> 1) * 8 + (e & 1);
+      sc[e] = key >= r0 && key < r1 ? sc[e] * q_scale : -INFINITY;
+    }
+    float mx = fmaxf(fmaxf(sc[0], sc[1]), fmaxf(sc[2], sc[3]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m, mx);  // finite: every tile holds a key of the range
+    const float alpha = Rescale(m, m_new);
+    m = m_new;
+    // P rounded to bf16 once: the same weights go into l and into P V.
+    const uint32_t p01 = PackBf16(Exp2(sc[0] - m_new), Exp2(sc[1] - m_new));
+    const uint32_t p89 = PackBf16(Exp2(sc[2] - m_new), Exp2(sc[3] - m_new));
+    const float2 f01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&p01));
+    const float2 f89 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&p89));
+    l = l * alpha + (f01.x + f01.y) + (f89.x + f89.y);
+    const uint32_t pa[4] = {p01, 0u, p89, 0u};
+#pragma unroll
+    for (int n = 0; n < kD / 16; ++n) {
+      o[2 * n][0] *= alpha;
+      o[2 * n][1] *= alpha;
+      o[2 * n + 1][0] *= alpha;
+      o[2 * n + 1][1] *= alpha;
+      uint32_t b[4];
+      LdMatrixX4Trans(b, v_tile + v_lane + (((2 * n + v_chunk) ^ mrow) << 4));
+      Mma(o[2 * n], pa, b[0], b[1]);
+      Mma(o[2 * n + 1], pa, b[2], b[3]);
+    }
+    __syncwarp();  // every lane's ldmatrix of this stage is done before it is refilled
+  }
+  CpAsyncWait<0>();
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+
+  __syncthreads();  // every warp is done with its ring: the epilogue reuses it
+  float* s_acc = reinterpret_cast<float*>(smem);  // [kWarps][8][kD]
+  float* s_m = s_acc + kWarps * 8 * kD;           // [kWarps][8]
+  float* s_l = s_m + kWarps * 8;
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+    *reinterpret_cast<float2*>(&s_acc[(warp * 8 + g) * kD + 8 * n + 2 * t]) = make_float2(o[n][0], o[n][1]);
+  }
+  if (t == 0) {
+    s_m[warp * 8 + g] = m;
+    s_l[warp * 8 + g] = l;
+  }
+  __syncthreads();
+  MergeWarpsAndStore<kD, 8>(p, s_acc, s_m, s_l, seq, kv_head, split);
 }
 
 // One CTA per (sequence, head), one thread per dim: combines the splits' partial states.
@@ -217,25 +428,51 @@ __global__ void __launch_bounds__(kD) CombineSplitsKernel(PagedDecodeAttentionPa
   p.out[row * kD + threadIdx.x] = __float2bfloat16_rn(sum > 0.0f ? a / sum : 0.0f);
 }
 
-template <int kD, int kG>
-cudaError_t Launch(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
-  const dim3 grid(p.num_splits, p.num_kv_heads, p.num_seqs);
-  PagedDecodeAttentionKernel<kD, kG><<<grid, kThreads, 0, stream>>>(p);
-  if (p.num_splits > 1) {
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    CombineSplitsKernel<kD><<<static_cast<unsigned int>(p.num_seqs) * p.num_heads, kD, 0, stream>>>(p);
+cudaError_t LaunchCombine(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
+  if (p.num_splits == 1) return cudaSuccess;
+  const unsigned int rows = static_cast<unsigned int>(p.num_seqs) * p.num_heads;
+  switch (p.head_dim) {
+    case 64: CombineSplitsKernel<64><<<rows, 64, 0, stream>>>(p); break;
+    case 128: CombineSplitsKernel<128><<<rows, 128, 0, stream>>>(p); break;
+    default: CombineSplitsKernel<256><<<rows, 256, 0, stream>>>(p); break;
   }
   return cudaGetLastError();
 }
 
+template <int kD, int kG>
+cudaError_t LaunchCudaCore(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
+  const dim3 grid(p.num_splits, p.num_kv_heads, p.num_seqs);
+  CudaCoreDecodeKernel<kD, kG><<<grid, kThreads, 0, stream>>>(p);
+  const cudaError_t err = cudaGetLastError();
+  return err != cudaSuccess ? err : LaunchCombine(p, stream);
+}
+
 template <int kD>
-cudaError_t LaunchForHeadDim(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
+cudaError_t LaunchCudaCoreForHeadDim(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
   const int32_t group = p.num_heads / p.num_kv_heads;
-  if (group <= 1) return Launch<kD, 1>(p, stream);
-  if (group <= 2) return Launch<kD, 2>(p, stream);
-  if (group <= 4) return Launch<kD, 4>(p, stream);
-  return Launch<kD, 8>(p, stream);
+  if (group <= 1) return LaunchCudaCore<kD, 1>(p, stream);
+  if (group <= 2) return LaunchCudaCore<kD, 2>(p, stream);
+  if (group <= 4) return LaunchCudaCore<kD, 4>(p, stream);
+  return LaunchCudaCore<kD, 8>(p, stream);
+}
+
+template <int kD, int kStages>
+cudaError_t LaunchTensorCore(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
+  constexpr size_t kBytes = TcShape<kD, kStages>::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(TensorCoreDecodeKernel<kD, kStages>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
+  if (err != cudaSuccess) return err;
+  const dim3 grid(p.num_splits, p.num_kv_heads, p.num_seqs);
+  TensorCoreDecodeKernel<kD, kStages><<<grid, kThreads, kBytes, stream>>>(p);
+  err = cudaGetLastError();
+  return err != cudaSuccess ? err : LaunchCombine(p, stream);
+}
+
+// Ring stages per warp: 24 KB (3 x 8 KB tiles at head dim 128, 6 x 4 KB at 64), 96 KB per CTA,
+// 2 CTAs per SM.
+template <int kD>
+cudaError_t LaunchTensorCoreForHeadDim(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
+  return LaunchTensorCore<kD, 24 * 1024 / (2 * kTileKeys * kD * 2)>(p, stream);
 }
 
 }  // namespace
@@ -244,11 +481,24 @@ bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group) {
   return (head_dim == 64 || head_dim == 128 || head_dim == 256) && group >= 1 && group <= 8;
 }
 
-int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms) {
-  const int64_t base = std::max<int64_t>(1, static_cast<int64_t>(num_seqs) * num_kv_heads);
-  const int64_t want = (2LL * num_sms + base - 1) / base;
-  const int64_t by_length = std::max<int64_t>(1, (max_context + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
-  return static_cast<int32_t>(std::max<int64_t>(1, std::min(want, by_length)));
+bool PagedDecodeAttentionTensorCores(int32_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
+int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms,
+                                   PagedDecodeKernel kernel) {
+  const int64_t pairs = std::max<int64_t>(1, static_cast<int64_t>(num_seqs) * num_kv_heads);
+  const int64_t slots = static_cast<int64_t>(kCtasPerSm) * std::max(1, num_sms);
+  const int64_t by_length = std::max<int64_t>(1, (static_cast<int64_t>(max_context) + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
+  if (kernel == PagedDecodeKernel::kCudaCore) {
+    const int64_t want = (2LL * std::max(1, num_sms) + pairs - 1) / pairs;
+    return static_cast<int32_t>(std::max<int64_t>(1, std::min(want, by_length)));
+  }
+  const int64_t cap = std::min<int64_t>(by_length, kMaxSplits);
+  for (int64_t s = 1; s < cap; ++s) {
+    const int64_t ctas = pairs * s;
+    const int64_t waves = (ctas + slots - 1) / slots;
+    if (10 * ctas >= 9 * waves * slots) return static_cast<int32_t>(s);
+  }
+  return static_cast<int32_t>(cap);
 }
 
 size_t PagedDecodeAttentionPartialFloats(int32_t num_seqs, int32_t num_heads, int32_t head_dim, int32_t num_splits) {
@@ -260,11 +510,14 @@ cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& p, cuda
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.num_splits < 1) return cudaErrorInvalidValue;
   if (!PagedDecodeAttentionSupports(p.head_dim, p.num_heads / p.num_kv_heads)) return cudaErrorInvalidValue;
   if (p.num_splits > 1 && p.partial == nullptr) return cudaErrorInvalidValue;
+  const bool tensor_cores = p.kernel == PagedDecodeKernel::kAuto ? PagedDecodeAttentionTensorCores(p.head_dim)
+                                                                 : p.kernel == PagedDecodeKernel::kTensorCore;
+  if (tensor_cores && !PagedDecodeAttentionTensorCores(p.head_dim)) return cudaErrorInvalidValue;
   if (p.num_seqs == 0) return cudaSuccess;
   switch (p.head_dim) {
-    case 64: return LaunchForHeadDim<64>(p, stream);
-    case 128: return LaunchForHeadDim<128>(p, stream);
-    case 256: return LaunchForHeadDim<256>(p, stream);
+    case 64: return tensor_cores ? LaunchTensorCoreForHeadDim<64>(p, stream) : LaunchCudaCoreForHeadDim<64>(p, stream);
+    case 128: return tensor_cores ? LaunchTensorCoreForHeadDim<128>(p, stream) : LaunchCudaCoreForHeadDim<128>(p, stream);
+    case 256: return LaunchCudaCoreForHeadDim<256>(p, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -3,8 +3,12 @@
 // optional sliding window, GQA, K/V through block tables, fp32 online softmax).
 //
 // Work split: one CTA per (key split, KV head, sequence) reads each K/V row of its range once for
-// all query heads of that KV head (up to 8). A half-warp (head_dim 128) or a full warp (256) reads
-// one key row with 16-byte loads, several rows in flight per lane. When a sequence's keys are split
+// all query heads of that KV head (up to 8). Head dims 64 and 128 take the tensor-core kernel: each
+// of the CTA's 4 warps streams its own tiles of 16 keys (every 4th tile of the range) through a
+// ring of shared-memory stages with cp.async (several tiles in flight per warp, one block-table
+// lookup per tile when block_size is a multiple of 16), and computes scores and P.V with bf16
+// mma.sync (the group's query heads are the rows of the m16 tile). Head dim 256 takes the CUDA-core
+// kernel: a warp reads one key row with 16-byte loads into registers. When a sequence's keys are split
 // over several CTAs (few sequences, long contexts), each writes an unnormalized partial result to
 // `partial` and a second kernel combines them; splits beyond a sequence's keys are empty and exit
 // at once. The grid depends only on (num_splits, num_kv_heads, num_seqs), never on lengths.
@@ -20,12 +24,23 @@
 namespace tandem::kernels {
 
 bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group);
+// Whether kAuto takes the tensor-core kernel for `head_dim` (64, 128); else the CUDA-core one.
+bool PagedDecodeAttentionTensorCores(int32_t head_dim);
 
-// Key splits per sequence for a batch: enough CTAs to fill `num_sms` twice, at least 64 keys each
-// for a context of `max_context`. Each sequence divides its own keys among the splits (at least
-// 64 per split, the rest empty), so any num_splits is correct for any batch: a graph fixes it from
+// Which kernel a launch takes. kAuto: tensor cores for head dims 64 and 128, CUDA cores for 256
+// (the engine names the one it takes, see PagedDecodeAttentionTensorCores). The others name one
+// kernel, for the engine, benchmarks and tests.
+enum class PagedDecodeKernel : int32_t { kAuto, kCudaCore, kTensorCore };
+
+// Key splits per sequence for a batch, at least 64 keys each for a context of `max_context`, for
+// the kernel the launch takes (kAuto stands for the tensor-core one). Tensor-core policy: the
+// fewest splits (at most 64) that keep >= 90% of the CTA slots of every wave busy (2 resident CTAs
+// per SM). kCudaCore: enough CTAs to fill the SMs twice (its policy before the tensor-core
+// kernel). Each sequence divides its own keys among the splits (at least 64 per split, in whole
+// 16-key tiles, the rest empty), so any num_splits is correct for any batch: a graph fixes it from
 // the longest context it may see.
-int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms);
+int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms,
+                                   PagedDecodeKernel kernel = PagedDecodeKernel::kAuto);
 
 // Floats of `partial` the launch needs (0 when num_splits == 1).
 size_t PagedDecodeAttentionPartialFloats(int32_t num_seqs, int32_t num_heads, int32_t head_dim, int32_t num_splits);
@@ -47,9 +62,10 @@ struct PagedDecodeAttentionParams {
   int32_t block_size = 0;
   int32_t sliding_window = 0;  // 0: none
   float scale = 1.0f;
+  PagedDecodeKernel kernel = PagedDecodeKernel::kAuto;
 };
 
-// cudaErrorInvalidValue for an unsupported shape or a missing workspace.
+// cudaErrorInvalidValue for an unsupported shape (or kernel choice) or a missing workspace.
 cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& params, cudaStream_t stream);
 
 }  // namespace tandem::kernels

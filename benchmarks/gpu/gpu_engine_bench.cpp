@@ -10,11 +10,16 @@
 // time per step (CLOCK_THREAD_CPUTIME_ID around Engine::Step, with blocking sync so waiting for the
 // GPU is not counted as CPU time).
 //
-//   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs]
+//   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only]
+//                    [--cuda-core-decode-attention]
 // --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
 // every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
 // the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
-// eagerly (EngineConfig::enable_cuda_graphs off), the "before" of decode graphs.
+// eagerly (EngineConfig::enable_cuda_graphs off), the "before" of decode graphs. --attention-only:
+// the limits and the decode attention tables alone (no Linears, no engine): the attention kernel
+// through the backend and launched directly (decode_attention_sweep.h: old vs new kernel, split counts).
+// --cuda-core-decode-attention: decode attention through the CUDA-core split-KV kernel and its split
+// policy (CudaBackendOptions::cuda_core_decode_attention), the "before" of the tensor-core kernel.
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
 #include <cuda_runtime_api.h>
 #include <spdlog/spdlog.h>
@@ -33,6 +38,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
 #include "benchmarks/gpu/bench_kernels.cuh"
+#include "benchmarks/gpu/decode_attention_sweep.h"
 #include "model/model_source.h"
 #include "worker/engine.h"
 
@@ -349,7 +355,38 @@ class HostSamplingBackend final : public Backend {
   std::unique_ptr<CudaBackend> inner_;
 };
 
-Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs) {
+void PrintAttentionTable(const std::vector<AttentionRow>& attn, int ctx, double read_bw) {
+  std::printf("## paged attention kernel alone (decode, 1 query per sequence, context %d, one layer; one "
+              "CudaBackend::Attention call between events)\n\n", ctx);
+  std::printf("| batch | us | K/V MB | GB/s | of read bw |\n|---|---|---|---|---|\n");
+  for (const AttentionRow& r : attn) {
+    std::printf("| %d | %.1f | %.1f | %.0f | %.0f%% |\n", r.batch, r.seconds * 1e6, r.kv_bytes / 1e6,
+                r.kv_bytes / r.seconds / 1e9, 100.0 * r.kv_bytes / r.seconds / read_bw);
+  }
+}
+
+Status RunAttentionOnly(const std::filesystem::path& config_path) {
+  ModelSourceOptions options;
+  options.dummy_weights = true;
+  TANDEM_ASSIGN_OR_RETURN(ModelSource source, OpenModelSource(config_path, options));
+  CudaBackendOptions bo;
+  bo.gpu_memory_utilization = 0.95;
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(bo));
+  cudaDeviceProp prop{};
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, backend->device()));
+  TANDEM_ASSIGN_OR_RETURN(Limits lim, MeasureLimits(*backend));
+  const std::vector<int> batches{1, 32, 64, 128, 256};
+  const int ctx = 1024;
+  TANDEM_ASSIGN_OR_RETURN(std::vector<AttentionRow> attn, MeasureDecodeAttention(*backend, source.config, batches, ctx));
+  std::printf("\n# gpu_engine_bench --attention-only: %s (%s, %d SMs)\n\n", config_path.filename().c_str(), prop.name,
+              prop.multiProcessorCount);
+  std::printf("| HBM read (read probe, 4 GiB) | %.0f GB/s |\n\n", lim.read_bw / 1e9);
+  PrintAttentionTable(attn, ctx, lim.read_bw);
+  return bench::RunDecodeAttentionSweep(*backend, source.config, lim.read_bw, {32, 64, 128, 256}, ctx);
+}
+
+Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs,
+           bool cuda_core_attention) {
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -358,6 +395,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   const ModelConfig config = source.config;
   CudaBackendOptions bo;
   bo.gpu_memory_utilization = 0.95;
+  bo.cuda_core_decode_attention = cuda_core_attention;
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> owned, CudaBackend::Create(bo));
   CudaBackend& backend = *owned;
   cudaDeviceProp prop{};
@@ -439,8 +477,10 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   const double t_end = WallNow();
 
   const double weight_bytes = static_cast<double>(WeightBytes(config));
-  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling, decode graphs %s (%s, %d SMs, %.1f GiB)\n\n",
-              config_path.filename().c_str(), host_sampling ? "host" : "device", cuda_graphs ? "on" : "off", prop.name,
+  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling, decode graphs %s, %s decode attention "
+              "(%s, %d SMs, %.1f GiB)\n\n",
+              config_path.filename().c_str(), host_sampling ? "host" : "device", cuda_graphs ? "on" : "off",
+              cuda_core_attention ? "CUDA-core" : "tensor-core", prop.name,
               prop.multiProcessorCount,
               static_cast<double>(prop.totalGlobalMem) / (1 << 30));
   std::printf("wall: micro-benchmarks %.0f s, engine load %.0f s, engine phases %.0f s\n\n",
@@ -472,12 +512,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   std::printf("\nprefill floor: FLOPs (matrices, causal attention, one LM-head row) / GEMM rate; "
               "MFU = floor / step. decode floor: (weights + K/V bytes) / read bandwidth.\n\n");
 
-  std::printf("## paged attention kernel alone (decode, 1 query per sequence, context %d, one layer)\n\n", ctx);
-  std::printf("| batch | us | K/V MB | GB/s | of read bw |\n|---|---|---|---|---|\n");
-  for (const AttentionRow& r : attn) {
-    std::printf("| %d | %.1f | %.1f | %.0f | %.0f%% |\n", r.batch, r.seconds * 1e6, r.kv_bytes / 1e6,
-                r.kv_bytes / r.seconds / 1e9, 100.0 * r.kv_bytes / r.seconds / lim.read_bw);
-  }
+  PrintAttentionTable(attn, ctx, lim.read_bw);
   std::printf("\n## decode-shaped Linear alone (M = 1, weights from HBM)\n\n");
   std::printf("| weight | N x K | us | GB/s | of read bw |\n|---|---|---|---|---|\n");
   for (const LinearRow& r : linears) {
@@ -497,6 +532,8 @@ int main(int argc, char** argv) {
   bool quick = false;
   bool host_sampling = false;
   bool cuda_graphs = true;
+  bool attention_only = false;
+  bool cuda_core_attention = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
@@ -507,13 +544,19 @@ int main(int argc, char** argv) {
       host_sampling = true;
     } else if (a == "--no-cuda-graphs") {
       cuda_graphs = false;
+    } else if (a == "--attention-only") {
+      attention_only = true;
+    } else if (a == "--cuda-core-decode-attention") {
+      cuda_core_attention = true;
     } else {
-      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs]\n");
+      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only] "
+                   "[--cuda-core-decode-attention]\n");
       return 2;
     }
   }
   spdlog::set_level(spdlog::level::warn);
-  const tandem::Status s = tandem::Run(config, quick, host_sampling, cuda_graphs);
+  const tandem::Status s = attention_only ? tandem::RunAttentionOnly(config)
+                                          : tandem::Run(config, quick, host_sampling, cuda_graphs, cuda_core_attention);
   if (!s.ok()) {
     std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
     return 1;

@@ -206,6 +206,11 @@ std::vector<AttnCase> AttentionCases() {
   }
   cases.push_back({128, 32, 8, 16, 100, uneven});
   cases.push_back({64, 8, 2, 16, 1000, one_long});
+  // Enough sequences that the split policy takes one split per sequence (64 x 4 KV heads on an
+  // H100's 132 SMs), odd lengths. (Longer contexts: decode_attention_parity_test.cpp.)
+  std::vector<SeqSpec> many;
+  for (int i = 0; i < 64; ++i) many.push_back({5 + 29 * i, 1});
+  cases.push_back({128, 16, 4, 16, 0, many});
   return cases;
 }
 

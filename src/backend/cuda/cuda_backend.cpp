@@ -445,7 +445,9 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
     p.block_tables = view.block_tables;
     p.positions = view.positions;
     p.num_seqs = meta.num_seqs;
-    p.num_splits = kernels::PagedDecodeAttentionSplits(meta.num_seqs, params.num_kv_heads, view.max_position + 1, num_sms_);
+    p.kernel = DecodeAttentionKernel(params.head_dim);
+    p.num_splits = kernels::PagedDecodeAttentionSplits(meta.num_seqs, params.num_kv_heads, view.max_position + 1,
+                                                       num_sms_, p.kernel);
     p.max_blocks_per_seq = meta.max_blocks_per_seq;
     p.num_heads = params.num_heads;
     p.num_kv_heads = params.num_kv_heads;

@@ -28,6 +28,7 @@
 #include "backend/cuda/decode_graphs.h"
 #include "backend/cuda/device_attention_metadata.h"
 #include "backend/cuda/pinned_upload.h"
+#include "kernels/paged_decode_attention.cuh"
 
 namespace tandem {
 
@@ -98,7 +99,9 @@ class CudaBackend final : public Backend {
 
  private:
   explicit CudaBackend(const CudaBackendOptions& options)
-      : device_(options.device), gpu_memory_utilization_(options.gpu_memory_utilization) {}
+      : device_(options.device),
+        gpu_memory_utilization_(options.gpu_memory_utilization),
+        cuda_core_decode_attention_(options.cuda_core_decode_attention) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
@@ -111,12 +114,15 @@ class CudaBackend final : public Backend {
   static int32_t AttentionTileTokens(const AttentionParams& params);
   StatusOr<DeviceAttentionView> AttentionView(const AttentionParams& params, const AttentionMetadata& meta,
                                               const KvLayerView& cache);
+  // The split-KV decode kernel (and so the split policy) this backend launches for a head dim.
+  kernels::PagedDecodeKernel DecodeAttentionKernel(int32_t head_dim) const;
   // Split-KV decode attention over the staged inputs (inside a decode graph step).
   Status StagedDecodeAttention(const Tensor& q, KvLayerView cache, const AttentionParams& params, Tensor out);
 
   // Constant after construction.
   const int device_;
   const double gpu_memory_utilization_;
+  const bool cuda_core_decode_attention_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

@@ -12,6 +12,9 @@ namespace tandem {
 struct CudaBackendOptions {
   int device = 0;
   double gpu_memory_utilization = 0.9;
+  // Benchmarks only: decode attention through the CUDA-core split-KV kernel with its split policy
+  // (kernels::PagedDecodeKernel::kCudaCore), the "before" of the tensor-core kernel.
+  bool cuda_core_decode_attention = false;
 };
 
 // Selects `device`, creates the backend's stream and cuBLAS handle. InvalidArgument for a device

@@ -8,6 +8,12 @@
 
 namespace tandem {
 
+kernels::PagedDecodeKernel CudaBackend::DecodeAttentionKernel(int32_t head_dim) const {
+  return cuda_core_decode_attention_ || !kernels::PagedDecodeAttentionTensorCores(head_dim)
+             ? kernels::PagedDecodeKernel::kCudaCore
+             : kernels::PagedDecodeKernel::kTensorCore;
+}
+
 Status CudaBackend::ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_per_seq, int32_t block_size,
                                         const AttentionParams& params) {
   TANDEM_RETURN_IF_ERROR(CheckSupported(params));
@@ -19,7 +25,8 @@ Status CudaBackend::ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_pe
   const int32_t max_context = max_blocks_per_seq * block_size;
   size_t partial = 0;
   for (int32_t b = 1; b <= max_batch; ++b) {
-    const int32_t splits = kernels::PagedDecodeAttentionSplits(b, params.num_kv_heads, max_context, num_sms_);
+    const int32_t splits = kernels::PagedDecodeAttentionSplits(b, params.num_kv_heads, max_context, num_sms_,
+                                                               DecodeAttentionKernel(params.head_dim));
     partial = std::max(partial, kernels::PagedDecodeAttentionPartialFloats(b, params.num_heads, params.head_dim, splits));
   }
   TANDEM_RETURN_IF_ERROR(decode_graphs_.Reserve(stream_, max_batch, max_blocks_per_seq, partial));
@@ -101,8 +108,9 @@ Status CudaBackend::StagedDecodeAttention(const Tensor& q, KvLayerView cache, co
   p.num_seqs = in.num_seqs;
   // Fixed for the batch size and table width (never from this step's lengths): the longest
   // context the tables can hold.
+  p.kernel = DecodeAttentionKernel(params.head_dim);
   p.num_splits = kernels::PagedDecodeAttentionSplits(in.num_seqs, params.num_kv_heads,
-                                                     in.max_blocks_per_seq * graph_block_size_, num_sms_);
+                                                     in.max_blocks_per_seq * graph_block_size_, num_sms_, p.kernel);
   p.max_blocks_per_seq = in.max_blocks_per_seq;
   p.num_heads = params.num_heads;
   p.num_kv_heads = params.num_kv_heads;
