@@ -53,7 +53,24 @@ StatusOr<std::unique_ptr<NcclKvTransport>> NcclKvTransport::Create(CudaBackend& 
 NcclKvTransport::~NcclKvTransport() {
   Shutdown();
   if (layer_event_ != nullptr) (void)cudaEventDestroy(layer_event_);
+  for (cudaEvent_t e : spare_events_) (void)cudaEventDestroy(e);
 }
+
+StatusOr<cudaEvent_t> NcclKvTransport::TakeEvent() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!spare_events_.empty()) {
+      cudaEvent_t e = spare_events_.back();
+      spare_events_.pop_back();
+      return e;
+    }
+  }
+  cudaEvent_t e = nullptr;
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+void NcclKvTransport::ReturnEvent(cudaEvent_t event) { spare_events_.push_back(event); }
 
 size_t NcclKvTransport::TransferBytes(int32_t num_blocks) const {
   return static_cast<size_t>(geometry_.num_layers) * 2 * static_cast<size_t>(num_blocks) * geometry_.BlockBytes();
@@ -184,7 +201,11 @@ StatusOr<bool> NcclKvTransport::Begin(const std::string& request_id, std::span<c
   Status s = CudaErrorToStatus(cudaMemcpyAsync(Staging(*offset + data), block_ids.data(), block_ids.size_bytes(),
                                                cudaMemcpyHostToDevice, backend_.stream()),
                                "uploading block ids");
-  if (s.ok()) s = CudaErrorToStatus(cudaEventCreateWithFlags(&out->sent, cudaEventDisableTiming), "cudaEventCreate");
+  if (s.ok()) {
+    StatusOr<cudaEvent_t> event = TakeEvent();
+    s = event.status();
+    if (s.ok()) out->sent = *event;
+  }
   if (!s.ok()) {
     arena_.Free(*offset);
     return s;
@@ -343,8 +364,8 @@ void NcclKvTransport::Finish(Peer& peer, const std::string& request_id, Status r
   }
   // The receiver answered, so it received every byte and the sends are done.
   (void)cudaEventSynchronize(out->sent);
-  (void)cudaEventDestroy(out->sent);
   std::lock_guard<std::mutex> lock(mu_);
+  ReturnEvent(out->sent);
   if (!out->staging_freed) arena_.Free(out->offset);
   out->staging_freed = true;
   out->result = std::move(result);
@@ -374,7 +395,7 @@ void NcclKvTransport::FailPeer(const std::shared_ptr<Peer>& failed, const Status
     // it is ordered after that gather on the same stream.
     if (!o.staging_freed) arena_.Free(o.offset);
     o.staging_freed = true;
-    (void)cudaEventDestroy(o.sent);
+    ReturnEvent(o.sent);  // the pair's stream was synchronized above
     o.result = UnavailableError("KV transfer to decode worker " + peer.endpoint + " failed: " + error.message());
     it = o.abandoned ? outgoing_.erase(it) : std::next(it);
   }

@@ -103,6 +103,8 @@ class NcclKvTransport final : public KvTransport, public KvStreamer {
   NcclKvTransport(CudaBackend& backend, std::span<const KvLayerView> layers, const KvGeometry& geometry,
                   NcclKvTransportOptions options);
   size_t TransferBytes(int32_t num_blocks) const;
+  StatusOr<cudaEvent_t> TakeEvent();            // a spare event, or a new one
+  void ReturnEvent(cudaEvent_t event);          // REQUIRES: mu_ held; the work before it is done
   std::byte* Staging(size_t offset) const { return static_cast<std::byte*>(staging_->data()) + offset; }
 
   // Sender side.
@@ -123,6 +125,7 @@ class NcclKvTransport final : public KvTransport, public KvStreamer {
   std::unique_ptr<DeviceBuffer> staging_;    // Constant after construction
   StagingArena arena_;
   cudaEvent_t layer_event_ = nullptr;        // engine thread: recorded after each layer's gathers
+  std::vector<cudaEvent_t> spare_events_;    // GUARDED_BY(mu_): transfers' `sent` events, reused
 
   // Sender state.
   mutable std::mutex mu_;
