@@ -1,6 +1,5 @@
 #include "transfer/tcp_kv_transport.h"
 
-#include <sys/socket.h>
 
 #include <spdlog/spdlog.h>
 
@@ -120,58 +119,22 @@ Status TcpKvTransport::Send(const std::string& endpoint, const KvHandoff& handof
 
 StatusOr<std::string> TcpKvTransport::Listen(const std::string& listen_address,
                                              KvReceiveHandler handler) {
-  if (listen_fd_ >= 0) return FailedPreconditionError("KV transport: already listening");
+  if (server_.started()) return FailedPreconditionError("KV transport: already listening");
   if (!handler.accept || !handler.complete || !handler.fail) {
     return InvalidArgumentError("KV transport: the receive handler needs accept, complete and fail");
   }
-  TANDEM_ASSIGN_OR_RETURN(auto bound, net::Listen(listen_address));
-  auto& [socket, endpoint] = bound;
   handler_ = std::move(handler);
-  listen_socket_ = std::move(socket);
-  listen_fd_ = listen_socket_.fd();
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
-  return std::string(endpoint);
+  return server_.Start(listen_address, [this](int fd) { Serve(fd); });
 }
 
-void TcpKvTransport::AcceptLoop() {
-  while (!stopping_.load()) {
-    net::Socket accepted = net::AcceptFor(listen_fd_, Millis(100));
-    if (!accepted.valid()) continue;
-    std::lock_guard<std::mutex> lock(mu_);
-    ReapFinished();
-    if (shut_down_) break;
-    auto connection = std::make_unique<Connection>();
-    connection->socket = std::move(accepted);
-    Connection* raw = connection.get();
-    connections_.push_back(std::move(connection));
-    raw->thread = std::thread([this, raw] { Serve(raw); });
-  }
-}
-
-void TcpKvTransport::ReapFinished() {
-  for (auto it = connections_.begin(); it != connections_.end();) {
-    if ((*it)->done.load()) {
-      (*it)->thread.join();
-      it = connections_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-}
-
-void TcpKvTransport::Serve(Connection* connection) {
-  const int fd = connection->socket.fd();  // closed by ~Connection, after this thread is joined
+void TcpKvTransport::Serve(int fd) {  // the server shuts the socket down when this returns
   const Millis timeout = options_.io_timeout;
-  auto finish = [&] {
-    ::shutdown(fd, SHUT_RDWR);  // the peer sees the end now; the fd is closed after the join
-    connection->done.store(true);
-  };
   auto hello = ReadControl(fd, FrameType::kHello, timeout);
   StatusOr<KvHandoff> header = hello.ok() ? DecodeHello(*hello) : StatusOr<KvHandoff>(hello.status());
   if (!header.ok()) {
     spdlog::warn("KV transfer: bad handshake: {}", header.status().ToString());
     (void)WriteVerdict(fd, header.status(), timeout);
-    return finish();
+    return;
   }
   KvHandoff handoff = std::move(header).value();
   Status verdict = handoff.TotalBytes() > options_.max_transfer_bytes
@@ -179,7 +142,7 @@ void TcpKvTransport::Serve(Connection* connection) {
                                                 " bytes exceeds this worker's limit")
                        : handler_.accept(handoff);
   Status sent = WriteVerdict(fd, verdict, timeout);
-  if (!verdict.ok()) return finish();
+  if (!verdict.ok()) return;
   // Accepted: from here on exactly one of complete/fail.
   auto receive = [&]() -> Status {
     TANDEM_RETURN_IF_ERROR(sent);
@@ -203,38 +166,17 @@ void TcpKvTransport::Serve(Connection* connection) {
     if (done.length != 0) return DataLossError("KV transfer: done frame with a payload");
     return OkStatus();
   };
-  Status received = stopping_.load() ? UnavailableError("KV transport shutting down") : receive();
+  Status received = server_.stopping() ? UnavailableError("KV transport shutting down") : receive();
   if (!received.ok()) {
     spdlog::warn("KV transfer of '{}' failed: {}", handoff.request_id, received.ToString());
     handler_.fail(handoff.request_id, received);
-    return finish();
+    return;
   }
   const std::string id = handoff.request_id;
   Status written = handler_.complete(std::move(handoff));
   (void)WriteVerdict(fd, written, timeout);
-  finish();
 }
 
-void TcpKvTransport::Shutdown() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (shut_down_) return;
-    shut_down_ = true;
-  }
-  stopping_.store(true);
-  if (accept_thread_.joinable()) accept_thread_.join();
-  std::list<std::unique_ptr<Connection>> connections;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    connections.swap(connections_);
-    // Wake connections blocked in poll: their reads fail at once.
-    for (auto& c : connections) {
-      if (!c->done.load()) ::shutdown(c->socket.fd(), SHUT_RDWR);
-    }
-  }
-  for (auto& c : connections) c->thread.join();
-  listen_socket_ = net::Socket();
-  listen_fd_ = -1;
-}
+void TcpKvTransport::Shutdown() { server_.Stop(); }
 
 }  // namespace tandem

@@ -14,12 +14,7 @@
 // error on both sides.
 #pragma once
 
-#include <atomic>
-#include <list>
-#include <memory>
-#include <mutex>
-#include <thread>
-
+#include "transfer/connection_server.h"
 #include "transfer/kv_transport.h"
 #include "transfer/socket_io.h"
 
@@ -36,25 +31,11 @@ class TcpKvTransport final : public KvTransport {
   void Shutdown() override;
 
  private:
-  struct Connection {
-    net::Socket socket;
-    std::thread thread;
-    std::atomic<bool> done{false};
-  };
-
-  void AcceptLoop();
-  void Serve(Connection* connection);  // one incoming transfer
-  void ReapFinished();                 // joins finished connection threads; holds mu_
+  void Serve(int fd);  // one incoming transfer
 
   const KvTransportOptions options_;  // Constant after construction
   KvReceiveHandler handler_;          // Constant after Listen
-  net::Socket listen_socket_;         // Constant after Listen
-  int listen_fd_ = -1;                // Constant after Listen
-  std::atomic<bool> stopping_{false};
-  std::thread accept_thread_;
-  std::mutex mu_;
-  std::list<std::unique_ptr<Connection>> connections_;  // GUARDED_BY(mu_)
-  bool shut_down_ = false;                              // GUARDED_BY(mu_)
+  net::ConnectionServer server_;
 };
 
 }  // namespace tandem

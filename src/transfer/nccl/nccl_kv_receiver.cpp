@@ -18,48 +18,20 @@ namespace tandem {
 // --- receiver -------------------------------------------------------------------------------------
 
 StatusOr<std::string> NcclKvTransport::Listen(const std::string& listen_address, KvReceiveHandler handler) {
-  if (listen_socket_.valid()) return FailedPreconditionError("NCCL KV transport: already listening");
+  if (server_.started()) return FailedPreconditionError("NCCL KV transport: already listening");
   if (!handler.accept || !handler.complete || !handler.fail) {
     return InvalidArgumentError("NCCL KV transport: the receive handler needs accept, complete and fail");
   }
-  TANDEM_ASSIGN_OR_RETURN(auto bound, net::Listen(listen_address));
   handler_ = std::move(handler);
-  listen_socket_ = std::move(bound.first);
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
-  return bound.second;
-}
-
-void NcclKvTransport::AcceptLoop() {
-  while (!stopping_.load()) {
-    net::Socket accepted = net::AcceptFor(listen_socket_.fd(), Millis(100));
-    if (!accepted.valid()) continue;
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = connections_.begin(); it != connections_.end();) {
-      if ((*it)->done.load()) {
-        (*it)->thread.join();
-        it = connections_.erase(it);
-      } else {
-        ++it;
-      }
+  return server_.Start(listen_address, [this](int fd) {
+    Status ended = ServeSender(fd);
+    if (!ended.ok() && !server_.stopping()) {
+      spdlog::warn("NCCL KV transport: sender link ended: {}", ended.ToString());
     }
-    if (shut_down_) break;
-    auto connection = std::make_unique<Connection>();
-    connection->socket = std::move(accepted);
-    Connection* raw = connection.get();
-    connections_.push_back(std::move(connection));
-    raw->thread = std::thread([this, raw] { Serve(raw); });
-  }
+  });
 }
 
-void NcclKvTransport::Serve(Connection* connection) {
-  Status ended = ServeSender(*connection);
-  if (!ended.ok() && !stopping_.load()) spdlog::warn("NCCL KV transport: sender link ended: {}", ended.ToString());
-  ::shutdown(connection->socket.fd(), SHUT_RDWR);
-  connection->done.store(true);
-}
-
-Status NcclKvTransport::ServeSender(Connection& connection) {
-  const int fd = connection.socket.fd();
+Status NcclKvTransport::ServeSender(int fd) {
   const Millis timeout = options_.transport.io_timeout;
   TANDEM_ASSIGN_OR_RETURN(auto hello, ReadFrame(fd, timeout));
   net::PayloadReader r(hello.second);
@@ -107,7 +79,7 @@ Status NcclKvTransport::ServeSender(Connection& connection) {
     holds_warmup = false;
 
     for (;;) {
-      if (stopping_.load()) return UnavailableError("the decode worker is shutting down");
+      if (server_.stopping()) return UnavailableError("the decode worker is shutting down");
       // Post the receives of announced batches, in order, while staging has room.
       while (!batches.empty() && !batches.front().front()->posted) {
         auto& batch = batches.front();

@@ -436,16 +436,12 @@ void NcclKvTransport::Shutdown() {
     shut_down_ = true;
   }
   stopping_.store(true);
-  if (accept_thread_.joinable()) accept_thread_.join();
-  std::list<std::unique_ptr<Connection>> connections;
+  server_.Stop();  // the receiver's connections end, their pairs aborted
   std::vector<std::shared_ptr<Peer>> peers;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    connections.swap(connections_);
-    for (auto& c : connections) ::shutdown(c->socket.fd(), SHUT_RDWR);
     for (auto& [endpoint, peer] : peers_) peers.push_back(peer);
   }
-  for (auto& c : connections) c->thread.join();
   for (auto& peer : peers) FailPeer(peer, UnavailableError("the prefill worker is shutting down"));
   std::vector<std::shared_ptr<Peer>> all;
   {

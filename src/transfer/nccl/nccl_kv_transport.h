@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "transfer/connection_server.h"
 #include "transfer/kv_streamer.h"
 #include "transfer/kv_transport.h"
 #include "transfer/socket_io.h"
@@ -98,7 +99,6 @@ class NcclKvTransport final : public KvTransport, public KvStreamer {
   struct Peer;
   struct Outgoing;
   struct Incoming;
-  struct Connection;
 
   NcclKvTransport(CudaBackend& backend, std::span<const KvLayerView> layers, const KvGeometry& geometry,
                   NcclKvTransportOptions options);
@@ -113,10 +113,8 @@ class NcclKvTransport final : public KvTransport, public KvStreamer {
   void FailPeer(const std::shared_ptr<Peer>& peer, const Status& error);  // aborts the pair, fails its transfers
   void Finish(Peer& peer, const std::string& request_id, Status result);
 
-  // Receiver side.
-  void AcceptLoop();
-  void Serve(Connection* connection);  // one sender's connection thread
-  Status ServeSender(Connection& connection);
+  // Receiver side: one sender's connection, on its own thread.
+  Status ServeSender(int fd);
 
   CudaBackend& backend_;                     // Constant after construction
   const std::vector<KvLayerView> layers_;    // Constant after construction
@@ -142,10 +140,8 @@ class NcclKvTransport final : public KvTransport, public KvStreamer {
 
   // Receiver state.
   KvReceiveHandler handler_;  // Constant after Listen
-  net::Socket listen_socket_;  // Constant after Listen
-  std::thread accept_thread_;
-  std::list<std::unique_ptr<Connection>> connections_;  // GUARDED_BY(mu_)
-  std::atomic<bool> stopping_{false};
+  net::ConnectionServer server_;
+  std::atomic<bool> stopping_{false};  // Shutdown began (the senders' reader threads end)
   bool shut_down_ = false;  // GUARDED_BY(mu_)
 };
 

@@ -81,10 +81,4 @@ struct NcclKvTransport::Incoming {
   Clock::time_point posted_at;
 };
 
-struct NcclKvTransport::Connection {
-  net::Socket socket;
-  std::thread thread;
-  std::atomic<bool> done{false};
-};
-
 }  // namespace tandem
