@@ -10,11 +10,14 @@
 // time per step (CLOCK_THREAD_CPUTIME_ID around Engine::Step, with blocking sync so waiting for the
 // GPU is not counted as CPU time).
 //
-//   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs]
+//   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--kernel-ab]
 // --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
 // every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
 // the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
-// eagerly (EngineConfig::enable_cuda_graphs off), the "before" of decode graphs.
+// eagerly (EngineConfig::enable_cuda_graphs off), the "before" of decode graphs. --kernel-ab: every
+// decode batch is measured under each kernel variant of kVariants (small-batch fusion, programmatic
+// launch, GEMV unroll; CudaBackend::SetKernelOptions), interleaved on the same engine, the first
+// being the kernels as they were before fusion and PDL.
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
 #include <cuda_runtime_api.h>
 #include <spdlog/spdlog.h>
@@ -33,6 +36,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
 #include "benchmarks/gpu/bench_kernels.cuh"
+#include "kernels/small_m_gemv.cuh"
 #include "model/model_source.h"
 #include "worker/engine.h"
 
@@ -155,12 +159,20 @@ StatusOr<Limits> MeasureLimits(CudaBackend& backend) {
   return lim;
 }
 
-// Each decode-shaped Linear alone (M = 1), weights rotated through a 2 GiB pool so they come
-// from HBM: achieved weight bytes / time.
+// Each decode-shaped GEMV alone (M = 1, the small-M kernel with the epilogue the fused decode
+// layer uses), weights rotated through a 2 GiB pool so they come from HBM. "single": one launch
+// between events (launch latency included); "back to back": kBackToBack launches on consecutive
+// weights between two events, per launch — as inside a decode graph — with and without
+// programmatic launch, at 8 and 16 loads in flight per lane.
+constexpr int kBackToBack = 16;
+
 struct LinearRow {
   std::string name;
-  int64_t n = 0, k = 0;
-  double seconds = 0;
+  int64_t n = 0, k = 0;  // weight rows (both halves for gate|up) x k
+  kernels::SmallMGemvEpilogue epilogue = kernels::SmallMGemvEpilogue::kStore;
+  bool norm = false, f32 = false;
+  double single = 0;
+  double b2b[2][2] = {};  // [unroll 8 | 16][plain | programmatic], seconds per launch
 };
 
 StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c) {
@@ -170,28 +182,56 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
   const size_t pool_elems = size_t{1} << 30;
   TANDEM_ASSIGN_OR_RETURN(DeviceMem pool, AllocRandom(backend, s, pool_elems, 5, 0.02f));
   TANDEM_ASSIGN_OR_RETURN(DeviceMem x, AllocRandom(backend, s, 1 << 16, 6, 1.0f));
+  TANDEM_ASSIGN_OR_RETURN(DeviceMem norm, AllocRandom(backend, s, 1 << 16, 7, 1.0f));
   TANDEM_ASSIGN_OR_RETURN(auto out, backend.Allocate(size_t{4} * c.vocab_size));
   const int64_t h = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim,
                 inter = c.intermediate_size;
-  std::vector<LinearRow> rows = {{"q", q, h},           {"k (or v)", kv, h},  {"qkv fused", q + 2 * kv, h},
-                                 {"o", h, q},           {"gate (or up)", inter, h},
-                                 {"gate+up fused", 2 * inter, h},              {"down", h, inter},
-                                 {"lm_head (f32 out)", c.vocab_size, h}};
+  using E = kernels::SmallMGemvEpilogue;
+  std::vector<LinearRow> rows = {{"q (plain)", q, h},
+                                 {"qkv fused, norm prologue", q + 2 * kv, h, E::kStore, true},
+                                 {"o, residual add", h, q, E::kAddToOut},
+                                 {"gate+up fused, norm + silu*mul", 2 * inter, h, E::kSiluMul, true},
+                                 {"down, residual add", h, inter, E::kAddToOut},
+                                 {"lm_head (f32 out), norm prologue", c.vocab_size, h, E::kStore, true, true}};
   for (LinearRow& r : rows) {
     const size_t w_elems = static_cast<size_t>(r.n * r.k);
     const size_t slots = std::max<size_t>(1, pool_elems / w_elems);
-    const bool f32 = r.name.find("f32") != std::string::npos;
-    Tensor tx(x.data(), DType::kBF16, {1, r.k});
-    Tensor to(out->data(), f32 ? DType::kF32 : DType::kBF16, {1, r.n});
+    size_t next = 0;
+    auto launch = [&](int unroll, bool programmatic) {
+      kernels::SmallMGemvParams p;
+      p.x = static_cast<const __nv_bfloat16*>(x.data());
+      p.weight = static_cast<const __nv_bfloat16*>(pool.data()) + (next++ % slots) * w_elems;
+      p.norm_weight = r.norm ? static_cast<const __nv_bfloat16*>(norm.data()) : nullptr;
+      p.out = out->data();
+      p.out_is_f32 = r.f32;
+      p.epilogue = r.epilogue;
+      p.programmatic = programmatic;
+      p.unroll = unroll;
+      p.m = 1;
+      p.n = r.epilogue == E::kSiluMul ? r.n / 2 : r.n;
+      p.k = r.k;
+      return kernels::LaunchSmallMGemv(p, s);
+    };
     std::vector<double> t;
     for (int rep = 0; rep < 24; ++rep) {
-      Tensor tw(static_cast<__nv_bfloat16*>(pool.data()) + (rep % slots) * w_elems, DType::kBF16, {r.n, r.k});
       TANDEM_RETURN_IF_ERROR(timer.Start(s));
-      TANDEM_RETURN_IF_ERROR(backend.Linear(tx, tw, Tensor(), to));
+      TANDEM_CUDA_RETURN_IF_ERROR(launch(0, false));
       TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
       if (rep >= 4) t.push_back(dt);
     }
-    r.seconds = Median(t);
+    r.single = Median(t);
+    for (int u = 0; u < 2; ++u) {
+      for (int pdl = 0; pdl < 2; ++pdl) {
+        t.clear();
+        for (int rep = 0; rep < 8; ++rep) {
+          TANDEM_RETURN_IF_ERROR(timer.Start(s));
+          for (int i = 0; i < kBackToBack; ++i) TANDEM_CUDA_RETURN_IF_ERROR(launch(u == 0 ? 8 : 16, pdl == 1));
+          TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
+          if (rep >= 2) t.push_back(dt / kBackToBack);
+        }
+        r.b2b[u][pdl] = Median(t);
+      }
+    }
   }
   return rows;
 }
@@ -273,7 +313,23 @@ double PrefillFlops(const ModelConfig& c, int64_t t) {
   return c.num_layers * (2.0 * layer_params * t + attention) + 2.0 * c.vocab_size * c.hidden_size;
 }
 
+// Kernel variants of --kernel-ab (CudaBackend::SetKernelOptions), the first as before this change.
+struct KernelVariant {
+  const char* name;
+  bool fuse, programmatic;
+  int unroll;
+};
+constexpr KernelVariant kVariants[] = {
+    {"unfused, plain launch, unroll 8 (before)", false, false, 8},
+    {"unfused, plain launch, unroll 16", false, false, 16},
+    {"unfused, PDL", false, true, 0},
+    {"fused, plain launch", true, false, 0},
+    {"fused, PDL (default)", true, true, 0},
+};
+
 struct StepRow {
+  std::string variant;
+  size_t programmatic_edges = 0;  // of the graph last captured (decode with graphs)
   std::string phase;
   int batch = 0, tokens = 0, steps = 0;
   double wall = 0, cpu = 0;  // per step, seconds (median)
@@ -349,7 +405,8 @@ class HostSamplingBackend final : public Backend {
   std::unique_ptr<CudaBackend> inner_;
 };
 
-Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs) {
+Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs,
+           bool kernel_ab) {
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -372,7 +429,11 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   const double t_micro = WallNow();
 
   const int max_batch = batches.back();
-  const int decode_tokens = 160;
+  std::vector<KernelVariant> variants = {kVariants[std::size(kVariants) - 1]};
+  if (kernel_ab) variants.assign(std::begin(kVariants), std::end(kVariants));
+  const int measured_steps = 10;
+  // Every batch, every variant: one step that captures its graph, one replay, the measured steps.
+  const int decode_tokens = 16 + static_cast<int>(batches.size() * variants.size()) * (measured_steps + 3);
   EngineConfig ec;
   ec.block_size = 16;
   ec.max_num_batched_tokens = 8192;
@@ -406,7 +467,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
       while (e.HasUnfinished()) TANDEM_RETURN_IF_ERROR(e.Step().status());
     }
-    steps.push_back({"prefill", 1, len, 1, Median(t.wall), Median(t.cpu)});
+    steps.push_back({variants.back().name, 0, "prefill", 1, len, 1, Median(t.wall), Median(t.cpu)});
   }
 
   // Decode: max_batch sequences with distinct 1k prompts; once all decode, time steps, then abort
@@ -418,7 +479,6 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   }
   while (e.Stats().num_waiting > 0) TANDEM_RETURN_IF_ERROR(e.Step().status());
   TANDEM_RETURN_IF_ERROR(e.Step().status());  // the last prefill chunk's step is done: all decode now
-  const int measured_steps = 10;
   for (auto it = batches.rbegin(); it != batches.rend(); ++it) {
     const int b = *it;
     while (static_cast<int>(live.size()) > b) {
@@ -426,13 +486,22 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       live.pop_back();
     }
     TANDEM_RETURN_IF_ERROR(e.Step().status());  // drains the aborts' outputs
-    StepTimes t;
-    for (int i = 0; i < measured_steps; ++i) TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
-    if (static_cast<int>(e.Stats().num_running) != b) {
-      return InternalError("decode batch " + std::to_string(b) + " ran with " +
-                           std::to_string(e.Stats().num_running) + " sequences");
+    for (const KernelVariant& v : variants) {
+      CudaBackendOptions ko;
+      ko.fuse_small_batch = v.fuse;
+      ko.programmatic_launch = v.programmatic;
+      ko.small_m_gemv_unroll = v.unroll;
+      backend.SetKernelOptions(ko);
+      for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
+      StepTimes t;
+      for (int i = 0; i < measured_steps; ++i) TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
+      if (static_cast<int>(e.Stats().num_running) != b) {
+        return InternalError("decode batch " + std::to_string(b) + " ran with " +
+                             std::to_string(e.Stats().num_running) + " sequences");
+      }
+      steps.push_back({v.name, backend.last_graph_programmatic_edges(), "decode", b, b * measured_steps,
+                       measured_steps, Median(t.wall), Median(t.cpu)});
     }
-    steps.push_back({"decode", b, b * measured_steps, measured_steps, Median(t.wall), Median(t.cpu)});
   }
   for (const auto& id : live) e.Abort(id);
   (void)e.Step();
@@ -453,8 +522,8 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
               weight_bytes / lim.read_bw * 1e3);
 
   std::printf("## engine steps (1k context for decode; per-step medians)\n\n");
-  std::printf("| phase | batch | tokens/step | step ms | tokens/s | floor ms | floor / step | host CPU ms | CPU / step |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| kernels | phase | batch | tokens/step | step ms | tokens/s | floor ms | floor / step | host CPU ms | CPU / step | PDL graph edges |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const StepRow& r : steps) {
     const int per_step = r.phase == "prefill" ? r.tokens : r.batch;
     double floor;
@@ -465,9 +534,9 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       const double kv = 2.0 * r.batch * ctx * config.num_layers * config.num_kv_heads * config.head_dim * 2.0;
       floor = (weight_bytes + kv) / lim.read_bw;
     }
-    std::printf("| %s | %d | %d | %.3f | %.0f | %.3f | %.0f%% | %.3f | %.0f%% |\n", r.phase.c_str(), r.batch,
-                per_step, r.wall * 1e3, per_step / r.wall, floor * 1e3, 100.0 * floor / r.wall, r.cpu * 1e3,
-                100.0 * r.cpu / r.wall);
+    std::printf("| %s | %s | %d | %d | %.3f | %.0f | %.3f | %.0f%% | %.3f | %.0f%% | %zu |\n", r.variant.c_str(),
+                r.phase.c_str(), r.batch, per_step, r.wall * 1e3, per_step / r.wall, floor * 1e3,
+                100.0 * floor / r.wall, r.cpu * 1e3, 100.0 * r.cpu / r.wall, r.programmatic_edges);
   }
   std::printf("\nprefill floor: FLOPs (matrices, causal attention, one LM-head row) / GEMM rate; "
               "MFU = floor / step. decode floor: (weights + K/V bytes) / read bandwidth.\n\n");
@@ -478,13 +547,16 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
     std::printf("| %d | %.1f | %.1f | %.0f | %.0f%% |\n", r.batch, r.seconds * 1e6, r.kv_bytes / 1e6,
                 r.kv_bytes / r.seconds / 1e9, 100.0 * r.kv_bytes / r.seconds / lim.read_bw);
   }
-  std::printf("\n## decode-shaped Linear alone (M = 1, weights from HBM)\n\n");
-  std::printf("| weight | N x K | us | GB/s | of read bw |\n|---|---|---|---|---|\n");
+  std::printf("\n## decode-shaped GEMV alone (M = 1, small-M kernel, weights from HBM; us per launch, %% of read bw)\n\n");
+  std::printf("| weight | N x K | single launch | back to back, unroll 8 | unroll 8 + PDL | unroll 16 | unroll 16 + PDL |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
   for (const LinearRow& r : linears) {
     const double bytes = 2.0 * r.n * r.k;
-    std::printf("| %s | %lld x %lld | %.1f | %.0f | %.0f%% |\n", r.name.c_str(), static_cast<long long>(r.n),
-                static_cast<long long>(r.k), r.seconds * 1e6, bytes / r.seconds / 1e9,
-                100.0 * bytes / r.seconds / lim.read_bw);
+    auto cell = [&](double sec) { return std::to_string(sec * 1e6).substr(0, 5) + " (" +
+                                         std::to_string(static_cast<int>(std::lround(100.0 * bytes / sec / lim.read_bw))) + "%)"; };
+    std::printf("| %s | %lld x %lld | %s | %s | %s | %s | %s |\n", r.name.c_str(), static_cast<long long>(r.n),
+                static_cast<long long>(r.k), cell(r.single).c_str(), cell(r.b2b[0][0]).c_str(), cell(r.b2b[0][1]).c_str(),
+                cell(r.b2b[1][0]).c_str(), cell(r.b2b[1][1]).c_str());
   }
   return OkStatus();
 }
@@ -497,6 +569,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   bool host_sampling = false;
   bool cuda_graphs = true;
+  bool kernel_ab = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
@@ -507,13 +580,15 @@ int main(int argc, char** argv) {
       host_sampling = true;
     } else if (a == "--no-cuda-graphs") {
       cuda_graphs = false;
+    } else if (a == "--kernel-ab") {
+      kernel_ab = true;
     } else {
-      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs]\n");
+      std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--kernel-ab]\n");
       return 2;
     }
   }
   spdlog::set_level(spdlog::level::warn);
-  const tandem::Status s = tandem::Run(config, quick, host_sampling, cuda_graphs);
+  const tandem::Status s = tandem::Run(config, quick, host_sampling, cuda_graphs, kernel_ab);
   if (!s.ok()) {
     std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
     return 1;

@@ -12,6 +12,14 @@ namespace tandem {
 struct CudaBackendOptions {
   int device = 0;
   double gpu_memory_utilization = 0.9;
+  // Small decode batches (<= 4 rows): RMSNorm, SiLU·mul and the residual add fused into the
+  // small-M GEMV (Backend::FusesSmallBatch); off: one kernel per op, as for larger batches.
+  bool fuse_small_batch = true;
+  // Programmatic dependent launch (Hopper and newer) of the GEMV and RoPE kernels: each may start
+  // while the kernel before it drains (kernels/kernel_utils.cuh). Off: plain stream order.
+  bool programmatic_launch = true;
+  // 16-byte weight loads in flight per lane of the small-M GEMV: 8 or 16; 0 lets the kernel pick.
+  int small_m_gemv_unroll = 0;
 };
 
 // Selects `device`, creates the backend's stream and cuBLAS handle. InvalidArgument for a device
