@@ -1,7 +1,7 @@
 // out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for a handful of rows (M <= 4, the decode steps
 // of small batches), where cuBLAS reaches 15-70% of HBM bandwidth on Llama-8B shapes. Memory bound:
-// one warp per output column n streams weight row n once with 16-byte loads for all M rows of x
-// (read through L1). Optional fusions, so that a decode layer needs no separate norm or activation
+// each warp streams one weight row (two when one per warp would not fit in one wave of CTAs) once
+// with 16-byte loads for all M rows of x (read through L1). Optional fusions, so that a decode layer needs no separate norm or activation
 // kernel (see CudaBackend::FusesSmallBatch):
 //   - prologue `norm_weight`: x is the residual stream and the GEMV computes
 //       (rmsnorm(x) * norm_weight) @ weight^T, i.e. inv_rms(x) * (x @ (weight * norm_weight)^T),
@@ -40,7 +40,8 @@ struct SmallMGemvParams {
   bool out_is_f32 = false;
   SmallMGemvEpilogue epilogue = SmallMGemvEpilogue::kStore;
   bool programmatic = false;  // launch as a programmatic dependent (sm_90+)
-  int unroll = 0;             // 16-byte weight loads in flight per lane: 8 or 16; 0 picks
+  int columns_per_warp = 0;   // output columns per warp (kStore, kAddToOut): 1 or 2; 0 picks
+  int num_sms = 0;            // the device's SMs (for that pick: one wave); 0: 132
   int64_t m = 0, n = 0, k = 0;  // 1 <= m <= kSmallMGemvMaxRows, k % 8 == 0
 };
 
@@ -49,7 +50,7 @@ bool SmallMGemvSupports(int64_t m, int64_t k, const void* x, const void* weight)
 
 // cudaErrorInvalidValue for a shape SmallMGemvSupports refuses, a misaligned norm_weight, kAddToOut
 // with a norm prologue, kSiluMul without one, an f32 output with an epilogue other than kStore, or
-// an unroll other than 0, 8 or 16.
+// columns_per_warp outside 0..2.
 cudaError_t LaunchSmallMGemv(const SmallMGemvParams& params, cudaStream_t stream);
 
 }  // namespace tandem::kernels

@@ -16,7 +16,7 @@
 // the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
 // eagerly (EngineConfig::enable_cuda_graphs off), the "before" of decode graphs. --kernel-ab: every
 // decode batch is measured under each kernel variant of kVariants (small-batch fusion, programmatic
-// launch, GEMV unroll; CudaBackend::SetKernelOptions), interleaved on the same engine, the first
+// launch, GEMV columns per warp; CudaBackend::SetKernelOptions), interleaved on the same engine, the first
 // being the kernels as they were before fusion and PDL.
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
 #include <cuda_runtime_api.h>
@@ -163,7 +163,8 @@ StatusOr<Limits> MeasureLimits(CudaBackend& backend) {
 // layer uses), weights rotated through a 2 GiB pool so they come from HBM. "single": one launch
 // between events (launch latency included); "back to back": kBackToBack launches on consecutive
 // weights between two events, per launch — as inside a decode graph — with and without
-// programmatic launch, at 8 and 16 loads in flight per lane.
+// programmatic launch, with one output column per warp (the kernel before this change) and with
+// two (the kernel picks two where one would not fit one wave).
 constexpr int kBackToBack = 16;
 
 struct LinearRow {
@@ -172,10 +173,10 @@ struct LinearRow {
   kernels::SmallMGemvEpilogue epilogue = kernels::SmallMGemvEpilogue::kStore;
   bool norm = false, f32 = false;
   double single = 0;
-  double b2b[2][2] = {};  // [unroll 8 | 16][plain | programmatic], seconds per launch
+  double b2b[2][2] = {};  // [1 | 2 columns per warp][plain | programmatic], seconds per launch
 };
 
-StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c) {
+StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c, int num_sms) {
   const cudaStream_t s = backend.stream();
   EventTimer timer;
   TANDEM_RETURN_IF_ERROR(timer.Init());
@@ -197,7 +198,7 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
     const size_t w_elems = static_cast<size_t>(r.n * r.k);
     const size_t slots = std::max<size_t>(1, pool_elems / w_elems);
     size_t next = 0;
-    auto launch = [&](int unroll, bool programmatic) {
+    auto launch = [&](int columns_per_warp, bool programmatic) {
       kernels::SmallMGemvParams p;
       p.x = static_cast<const __nv_bfloat16*>(x.data());
       p.weight = static_cast<const __nv_bfloat16*>(pool.data()) + (next++ % slots) * w_elems;
@@ -206,7 +207,8 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
       p.out_is_f32 = r.f32;
       p.epilogue = r.epilogue;
       p.programmatic = programmatic;
-      p.unroll = unroll;
+      p.columns_per_warp = columns_per_warp;
+      p.num_sms = num_sms;
       p.m = 1;
       p.n = r.epilogue == E::kSiluMul ? r.n / 2 : r.n;
       p.k = r.k;
@@ -225,7 +227,7 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
         t.clear();
         for (int rep = 0; rep < 8; ++rep) {
           TANDEM_RETURN_IF_ERROR(timer.Start(s));
-          for (int i = 0; i < kBackToBack; ++i) TANDEM_CUDA_RETURN_IF_ERROR(launch(u == 0 ? 8 : 16, pdl == 1));
+          for (int i = 0; i < kBackToBack; ++i) TANDEM_CUDA_RETURN_IF_ERROR(launch(u + 1, pdl == 1));
           TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
           if (rep >= 2) t.push_back(dt / kBackToBack);
         }
@@ -317,14 +319,17 @@ double PrefillFlops(const ModelConfig& c, int64_t t) {
 struct KernelVariant {
   const char* name;
   bool fuse, programmatic;
-  int unroll;
+  int columns_per_warp;
+  int l2_prefetch_mib;
 };
 constexpr KernelVariant kVariants[] = {
-    {"unfused, plain launch, unroll 8 (before)", false, false, 8},
-    {"unfused, plain launch, unroll 16", false, false, 16},
-    {"unfused, PDL", false, true, 0},
-    {"fused, plain launch", true, false, 0},
-    {"fused, PDL (default)", true, true, 0},
+    {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0},
+    {"unfused, plain launch", false, false, 0, 0},
+    {"unfused, PDL", false, true, 0, 0},
+    {"fused, plain launch", true, false, 0, 0},
+    {"fused, PDL", true, true, 0, 0},
+    {"fused, PDL, o weights L2 prefetch 16 MiB", true, true, 0, 16},
+    {"fused, PDL, o weights L2 prefetch 32 MiB (default)", true, true, 0, 32},
 };
 
 struct StepRow {
@@ -389,6 +394,20 @@ class HostSamplingBackend final : public Backend {
     return inner_->Linear(x, weight, bias, out);
   }
   Status SiluMul(const Tensor& gate_up, Tensor out) override { return inner_->SiluMul(gate_up, out); }
+  bool FusesSmallBatch(int64_t rows, std::span<const int64_t> k_dims) const override {
+    return inner_->FusesSmallBatch(rows, k_dims);
+  }
+  Status NormLinear(const Tensor& x, const Tensor& g, float eps, const Tensor& w, const Tensor& b, Tensor out) override {
+    return inner_->NormLinear(x, g, eps, w, b, out);
+  }
+  Status NormLinearSiluMul(const Tensor& x, const Tensor& g, float eps, const Tensor& w, const Tensor& b,
+                           Tensor out) override {
+    return inner_->NormLinearSiluMul(x, g, eps, w, b, out);
+  }
+  Status LinearAddResidual(const Tensor& x, const Tensor& w, const Tensor& b, Tensor residual) override {
+    return inner_->LinearAddResidual(x, w, b, residual);
+  }
+  Status PrefetchWeight(const Tensor& weight) override { return inner_->PrefetchWeight(weight); }
   Status RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope, const AttentionParams& params,
                         const AttentionMetadata& meta, KvLayerView cache) override {
     return inner_->RopeAndWriteKv(qkv, q_out, rope, params, meta, cache);
@@ -422,7 +441,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
 
   const double t_start = WallNow();
   TANDEM_ASSIGN_OR_RETURN(Limits lim, MeasureLimits(backend));
-  TANDEM_ASSIGN_OR_RETURN(std::vector<LinearRow> linears, MeasureLinears(backend, config));
+  TANDEM_ASSIGN_OR_RETURN(std::vector<LinearRow> linears, MeasureLinears(backend, config, prop.multiProcessorCount));
   const std::vector<int> batches = quick ? std::vector<int>{1, 32} : std::vector<int>{1, 32, 64, 128, 256};
   const int ctx = 1024;
   TANDEM_ASSIGN_OR_RETURN(std::vector<AttentionRow> attn, MeasureDecodeAttention(backend, config, batches, ctx));
@@ -490,7 +509,8 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       CudaBackendOptions ko;
       ko.fuse_small_batch = v.fuse;
       ko.programmatic_launch = v.programmatic;
-      ko.small_m_gemv_unroll = v.unroll;
+      ko.small_m_gemv_columns_per_warp = v.columns_per_warp;
+      ko.l2_prefetch_bytes = static_cast<size_t>(v.l2_prefetch_mib) << 20;
       backend.SetKernelOptions(ko);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
       StepTimes t;
@@ -548,7 +568,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
                 r.kv_bytes / r.seconds / 1e9, 100.0 * r.kv_bytes / r.seconds / lim.read_bw);
   }
   std::printf("\n## decode-shaped GEMV alone (M = 1, small-M kernel, weights from HBM; us per launch, %% of read bw)\n\n");
-  std::printf("| weight | N x K | single launch | back to back, unroll 8 | unroll 8 + PDL | unroll 16 | unroll 16 + PDL |\n");
+  std::printf("| weight | N x K | single launch | back to back, 1 column/warp | 1 column/warp + PDL | 2 columns/warp | 2 columns/warp + PDL |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   for (const LinearRow& r : linears) {
     const double bytes = 2.0 * r.n * r.k;

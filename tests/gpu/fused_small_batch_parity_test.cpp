@@ -34,9 +34,10 @@ std::vector<uint16_t> Bits(const std::vector<float>& v) {
   return bits;
 }
 
-std::unique_ptr<Backend> MakeBackend(bool programmatic_launch) {
+std::unique_ptr<Backend> MakeBackend(bool programmatic_launch, int columns_per_warp = 0) {
   CudaBackendOptions options;
   options.programmatic_launch = programmatic_launch;
+  options.small_m_gemv_columns_per_warp = columns_per_warp;
   auto backend = MakeCudaBackend(options);
   if (!backend.ok()) {
     ADD_FAILURE() << backend.status().ToString();
@@ -50,6 +51,9 @@ class FusedSmallBatchParityTest : public ::testing::Test {
   void SetUp() override {
     gpu_ = MakeBackend(/*programmatic_launch=*/true);
     ASSERT_NE(gpu_, nullptr);
+    // Two output columns per warp everywhere (the kernel picks two only past one wave).
+    gpu_pairs_ = MakeBackend(/*programmatic_launch=*/true, /*columns_per_warp=*/2);
+    ASSERT_NE(gpu_pairs_, nullptr);
     cpu_ = std::make_unique<CpuBackend>(CpuBackendConfig{0});
   }
   void TearDown() override {
@@ -72,7 +76,9 @@ class FusedSmallBatchParityTest : public ::testing::Test {
                     .ok());
     return out;
   }
-  std::unique_ptr<Backend> gpu_;
+  // Both GEMV layouts: one output column per warp (below one wave) and two.
+  std::vector<Backend*> Gpus() { return {gpu_.get(), gpu_pairs_.get()}; }
+  std::unique_ptr<Backend> gpu_, gpu_pairs_;
   std::unique_ptr<CpuBackend> cpu_;
   double worst_ = 0.0;
   int checks_ = 0;
@@ -82,31 +88,34 @@ class FusedSmallBatchParityTest : public ::testing::Test {
 struct Shape {
   int64_t k, n;
 };
-// k below, at and past one unrolled step of 16 loads x 32 lanes x 8 (4096), odd n.
-constexpr Shape kShapes[] = {{8, 5}, {200, 33}, {4096, 129}, {2056, 300}, {14336, 67}, {4104, 1027}};
+// k below, at and past one unrolled step of 8 loads x 32 lanes x 8 (2048), odd n; n = 5003 is past
+// one wave of one column per warp on 132 SMs.
+constexpr Shape kShapes[] = {{8, 5}, {200, 33}, {4096, 129}, {2056, 300}, {14336, 67}, {4104, 1027}, {64, 5003}};
 
 TEST_F(FusedSmallBatchParityTest, NormLinear) {
-  for (int64_t m = 1; m <= 4; ++m) {
-    ASSERT_TRUE(gpu_->FusesSmallBatch(m, std::vector<int64_t>{4096}));
-    for (Shape s : kShapes) {
-      for (DType out_dtype : {DType::kBF16, DType::kF32}) {
-        for (bool with_bias : {false, true}) {
-          auto x = RandomBf16(m * s.k, rng_, 3.0f);
-          auto g = RandomBf16(s.k, rng_, 1.5f);
-          auto w = RandomBf16(s.n * s.k, rng_, 0.1f);
-          auto b = RandomBf16(s.n, rng_);
-          const auto w_bits = Bits(w), b_bits = Bits(b);
-          const std::vector<float> ref = CpuNormLinear(x, g, w_bits, with_bias ? &b_bits : nullptr, m, s.k, s.n);
-          auto dx = Upload(*gpu_, x, DType::kBF16, {m, s.k});
-          auto dg = Upload(*gpu_, g, DType::kBF16, {s.k});
-          auto dw = Upload(*gpu_, w, DType::kBF16, {s.n, s.k});
-          auto db = Upload(*gpu_, b, DType::kBF16, {s.n});
-          auto dout = Poisoned(*gpu_, out_dtype, {m, s.n});
-          ASSERT_TRUE(gpu_->NormLinear(dx.t, dg.t, kEps, dw.t, with_bias ? db.t : Tensor(), dout.t).ok());
-          EXPECT_LE(Track(RelError(Download(*gpu_, dout.t), ref)), kBf16Tolerance)
-              << m << "x" << s.k << "x" << s.n << (out_dtype == DType::kF32 ? " f32" : " bf16")
-              << (with_bias ? " +bias" : "");
-          EXPECT_EQ(RelError(Download(*gpu_, dx.t), x), 0.0) << "x was modified";
+  for (Backend* gpu : Gpus()) {
+    for (int64_t m = 1; m <= 4; ++m) {
+      ASSERT_TRUE(gpu->FusesSmallBatch(m, std::vector<int64_t>{4096}));
+      for (Shape s : kShapes) {
+        for (DType out_dtype : {DType::kBF16, DType::kF32}) {
+          for (bool with_bias : {false, true}) {
+            auto x = RandomBf16(m * s.k, rng_, 3.0f);
+            auto g = RandomBf16(s.k, rng_, 1.5f);
+            auto w = RandomBf16(s.n * s.k, rng_, 0.1f);
+            auto b = RandomBf16(s.n, rng_);
+            const auto w_bits = Bits(w), b_bits = Bits(b);
+            const std::vector<float> ref = CpuNormLinear(x, g, w_bits, with_bias ? &b_bits : nullptr, m, s.k, s.n);
+            auto dx = Upload(*gpu, x, DType::kBF16, {m, s.k});
+            auto dg = Upload(*gpu, g, DType::kBF16, {s.k});
+            auto dw = Upload(*gpu, w, DType::kBF16, {s.n, s.k});
+            auto db = Upload(*gpu, b, DType::kBF16, {s.n});
+            auto dout = Poisoned(*gpu, out_dtype, {m, s.n});
+            ASSERT_TRUE(gpu->NormLinear(dx.t, dg.t, kEps, dw.t, with_bias ? db.t : Tensor(), dout.t).ok());
+            EXPECT_LE(Track(RelError(Download(*gpu, dout.t), ref)), kBf16Tolerance)
+                << m << "x" << s.k << "x" << s.n << (out_dtype == DType::kF32 ? " f32" : " bf16")
+                << (with_bias ? " +bias" : "");
+            EXPECT_EQ(RelError(Download(*gpu, dx.t), x), 0.0) << "x was modified";
+          }
         }
       }
     }
@@ -114,53 +123,58 @@ TEST_F(FusedSmallBatchParityTest, NormLinear) {
 }
 
 TEST_F(FusedSmallBatchParityTest, NormLinearSiluMul) {
-  for (int64_t m = 1; m <= 4; ++m) {
-    for (Shape s : kShapes) {
-      for (bool with_bias : {false, true}) {
-        auto x = RandomBf16(m * s.k, rng_, 3.0f);
-        auto g = RandomBf16(s.k, rng_, 1.5f);
-        auto w = RandomBf16(2 * s.n * s.k, rng_, 0.1f);
-        auto b = RandomBf16(2 * s.n, rng_);
-        const auto w_bits = Bits(w), b_bits = Bits(b);
-        std::vector<float> gate_up = CpuNormLinear(x, g, w_bits, with_bias ? &b_bits : nullptr, m, s.k, 2 * s.n);
-        std::vector<float> ref(m * s.n);
-        ASSERT_TRUE(cpu_->SiluMul(HostF32(gate_up, {m, 2 * s.n}), HostF32(ref, {m, s.n})).ok());
-        auto dx = Upload(*gpu_, x, DType::kBF16, {m, s.k});
-        auto dg = Upload(*gpu_, g, DType::kBF16, {s.k});
-        auto dw = Upload(*gpu_, w, DType::kBF16, {2 * s.n, s.k});
-        auto db = Upload(*gpu_, b, DType::kBF16, {2 * s.n});
-        auto dout = Poisoned(*gpu_, DType::kBF16, {m, s.n});
-        ASSERT_TRUE(gpu_->NormLinearSiluMul(dx.t, dg.t, kEps, dw.t, with_bias ? db.t : Tensor(), dout.t).ok());
-        EXPECT_LE(Track(RelError(Download(*gpu_, dout.t), ref)), kBf16Tolerance)
-            << m << "x" << s.k << "x" << s.n << (with_bias ? " +bias" : "");
+  for (Backend* gpu : Gpus()) {
+    for (int64_t m = 1; m <= 4; ++m) {
+      for (Shape s : kShapes) {
+        for (bool with_bias : {false, true}) {
+          auto x = RandomBf16(m * s.k, rng_, 3.0f);
+          auto g = RandomBf16(s.k, rng_, 1.5f);
+          auto w = RandomBf16(2 * s.n * s.k, rng_, 0.1f);
+          auto b = RandomBf16(2 * s.n, rng_);
+          const auto w_bits = Bits(w), b_bits = Bits(b);
+          std::vector<float> gate_up = CpuNormLinear(x, g, w_bits, with_bias ? &b_bits : nullptr, m, s.k, 2 * s.n);
+          std::vector<float> ref(m * s.n);
+          ASSERT_TRUE(cpu_->SiluMul(HostF32(gate_up, {m, 2 * s.n}), HostF32(ref, {m, s.n})).ok());
+          auto dx = Upload(*gpu, x, DType::kBF16, {m, s.k});
+          auto dg = Upload(*gpu, g, DType::kBF16, {s.k});
+          auto dw = Upload(*gpu, w, DType::kBF16, {2 * s.n, s.k});
+          auto db = Upload(*gpu, b, DType::kBF16, {2 * s.n});
+          auto dout = Poisoned(*gpu, DType::kBF16, {m, s.n});
+          ASSERT_TRUE(gpu->NormLinearSiluMul(dx.t, dg.t, kEps, dw.t, with_bias ? db.t : Tensor(), dout.t).ok());
+          EXPECT_LE(Track(RelError(Download(*gpu, dout.t), ref)), kBf16Tolerance)
+              << m << "x" << s.k << "x" << s.n << (with_bias ? " +bias" : "");
+        }
       }
     }
   }
 }
 
 TEST_F(FusedSmallBatchParityTest, LinearAddResidual) {
-  for (int64_t m = 1; m <= 4; ++m) {
-    for (Shape s : kShapes) {
-      for (bool with_bias : {false, true}) {
-        auto x = RandomBf16(m * s.k, rng_);
-        auto w = RandomBf16(s.n * s.k, rng_, 0.1f);
-        auto b = RandomBf16(s.n, rng_);
-        // A small residual: an element the kernel never wrote would stand out against x @ w^T.
-        auto res = RandomBf16(m * s.n, rng_, 0.05f);
-        const auto w_bits = Bits(w), b_bits = Bits(b);
-        std::vector<float> ref(m * s.n);
-        ASSERT_TRUE(cpu_->Linear(HostF32(x, {m, s.k}), Tensor(const_cast<uint16_t*>(w_bits.data()), DType::kBF16, {s.n, s.k}),
-                                 with_bias ? Tensor(const_cast<uint16_t*>(b_bits.data()), DType::kBF16, {s.n}) : Tensor(),
-                                 HostF32(ref, {m, s.n}))
-                        .ok());
-        for (size_t i = 0; i < ref.size(); ++i) ref[i] += res[i];
-        auto dx = Upload(*gpu_, x, DType::kBF16, {m, s.k});
-        auto dw = Upload(*gpu_, w, DType::kBF16, {s.n, s.k});
-        auto db = Upload(*gpu_, b, DType::kBF16, {s.n});
-        auto dres = Upload(*gpu_, res, DType::kBF16, {m, s.n});
-        ASSERT_TRUE(gpu_->LinearAddResidual(dx.t, dw.t, with_bias ? db.t : Tensor(), dres.t).ok());
-        EXPECT_LE(Track(RelError(Download(*gpu_, dres.t), ref)), kBf16Tolerance)
-            << m << "x" << s.k << "x" << s.n << (with_bias ? " +bias" : "");
+  for (Backend* gpu : Gpus()) {
+    for (int64_t m = 1; m <= 4; ++m) {
+      for (Shape s : kShapes) {
+        for (bool with_bias : {false, true}) {
+          auto x = RandomBf16(m * s.k, rng_);
+          auto w = RandomBf16(s.n * s.k, rng_, 0.1f);
+          auto b = RandomBf16(s.n, rng_);
+          // A small residual: an element the kernel never wrote would stand out against x @ w^T.
+          auto res = RandomBf16(m * s.n, rng_, 0.05f);
+          const auto w_bits = Bits(w), b_bits = Bits(b);
+          std::vector<float> ref(m * s.n);
+          ASSERT_TRUE(
+              cpu_->Linear(HostF32(x, {m, s.k}), Tensor(const_cast<uint16_t*>(w_bits.data()), DType::kBF16, {s.n, s.k}),
+                           with_bias ? Tensor(const_cast<uint16_t*>(b_bits.data()), DType::kBF16, {s.n}) : Tensor(),
+                           HostF32(ref, {m, s.n}))
+                  .ok());
+          for (size_t i = 0; i < ref.size(); ++i) ref[i] += res[i];
+          auto dx = Upload(*gpu, x, DType::kBF16, {m, s.k});
+          auto dw = Upload(*gpu, w, DType::kBF16, {s.n, s.k});
+          auto db = Upload(*gpu, b, DType::kBF16, {s.n});
+          auto dres = Upload(*gpu, res, DType::kBF16, {m, s.n});
+          ASSERT_TRUE(gpu->LinearAddResidual(dx.t, dw.t, with_bias ? db.t : Tensor(), dres.t).ok());
+          EXPECT_LE(Track(RelError(Download(*gpu, dres.t), ref)), kBf16Tolerance)
+              << m << "x" << s.k << "x" << s.n << (with_bias ? " +bias" : "");
+        }
       }
     }
   }
@@ -240,8 +254,11 @@ TEST_F(FusedSmallBatchParityTest, BackToBackChainsMatchTheCpuAndDoNotDependOnPro
       auto dlogits = Poisoned(gpu, DType::kF32, {m, vocab});
       for (int64_t l = 0; l < layers; ++l) {
         ASSERT_TRUE(gpu.NormLinear(dres, up(ln1[l], {h}), kEps, up(wqkv[l], {qkv_n, h}), Tensor(), dqkv.t).ok());
-        ASSERT_TRUE(gpu.LinearAddResidual(dqkv.t, up(wo[l], {h, qkv_n}), Tensor(), dres).ok());
-        ASSERT_TRUE(gpu.NormLinearSiluMul(dres, up(ln2[l], {h}), kEps, up(wgu[l], {2 * inter, h}), Tensor(), dact.t).ok());
+        const Tensor o = up(wo[l], {h, qkv_n});
+        ASSERT_TRUE(gpu.PrefetchWeight(o).ok());  // a kernel between two programmatic launches
+        ASSERT_TRUE(gpu.LinearAddResidual(dqkv.t, o, Tensor(), dres).ok());
+        ASSERT_TRUE(
+            gpu.NormLinearSiluMul(dres, up(ln2[l], {h}), kEps, up(wgu[l], {2 * inter, h}), Tensor(), dact.t).ok());
         ASSERT_TRUE(gpu.LinearAddResidual(dact.t, up(wd[l], {h, inter}), Tensor(), dres).ok());
       }
       ASSERT_TRUE(gpu.NormLinear(dres, up(final_norm, {h}), kEps, up(head, {vocab, h}), Tensor(), dlogits.t).ok());
