@@ -23,7 +23,7 @@ constexpr int MinBlocksPerSm(int m) { return m == 1 ? 8 : 5; }
 
 // Each warp streams kRows weight rows once, kUnroll 16-byte loads in flight per lane and row:
 // kSiluMul: gate row `unit` and up row n + unit for output column `unit`; otherwise kRows
-// adjacent output columns kRows * unit + j (two per warp when one per warp would not fit one wave).
+// adjacent output columns kRows * unit + j (LaunchShape picks kRows).
 template <int kM, int kUnroll, int kRows, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
 __global__ void __launch_bounds__(kWarps * 32, MinBlocksPerSm(kM)) SmallMGemvKernel(const SmallMGemvParams p) {
   constexpr bool kSilu = kEpilogue == SmallMGemvEpilogue::kSiluMul;
@@ -161,7 +161,7 @@ template <int kM>
 cudaError_t LaunchShape(const SmallMGemvParams& p, cudaStream_t stream) {
   // One row of x: two output columns per warp, so a GEMV holds at most about half of each SM's warp
   // slots and the next (programmatic) kernel's CTAs fit beside it and start their weight loads
-  // (measured on an H100: -0.07 ms per batch-1 decode step against one per warp). More rows (5
+  // (-0.07 ms per batch-1 decode step against one per warp in one H100 run). More rows (5
   // CTAs per SM): one per warp while the grid fits one wave, else two. 8 loads in flight per lane
   // per warp (16 measured slower: ~120 registers, half the warps per SM).
   const int64_t sms = p.num_sms > 0 ? p.num_sms : 132;

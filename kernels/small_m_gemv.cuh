@@ -1,8 +1,8 @@
 // out[M, N] = x[M, K] @ weight[N, K]^T (+ bias[N]) for a handful of rows (M <= 4, the decode steps
 // of small batches), where cuBLAS reaches 15-70% of HBM bandwidth on Llama-8B shapes. Memory bound:
-// each warp streams one weight row (two when one per warp would not fit in one wave of CTAs) once
-// with 16-byte loads for all M rows of x (read through L1). Optional fusions, so that a decode layer needs no separate norm or activation
-// kernel (see CudaBackend::FusesSmallBatch):
+// each warp streams two weight rows (M = 1; M > 1 one, or two past one wave of CTAs) once with
+// 16-byte loads, 8 in flight per lane, for all M rows of x (read through L1). Optional fusions, so
+// that a decode layer needs no separate norm or activation kernel (CudaBackend::FusesSmallBatch):
 //   - prologue `norm_weight`: x is the residual stream and the GEMV computes
 //       (rmsnorm(x) * norm_weight) @ weight^T, i.e. inv_rms(x) * (x @ (weight * norm_weight)^T),
 //     each warp summing x^2 over the row it reads anyway (no separate pass);

@@ -320,16 +320,13 @@ struct KernelVariant {
   const char* name;
   bool fuse, programmatic;
   int columns_per_warp;
-  int l2_prefetch_mib;
 };
 constexpr KernelVariant kVariants[] = {
-    {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0},
-    {"unfused, plain launch", false, false, 0, 0},
-    {"unfused, PDL", false, true, 0, 0},
-    {"fused, plain launch", true, false, 0, 0},
-    {"fused, PDL", true, true, 0, 0},
-    {"fused, PDL, o weights L2 prefetch 16 MiB", true, true, 0, 16},
-    {"fused, PDL, o weights L2 prefetch 32 MiB (default)", true, true, 0, 32},
+    {"unfused, plain launch, 1 column/warp (before)", false, false, 1},
+    {"unfused, plain launch", false, false, 0},
+    {"unfused, PDL", false, true, 0},
+    {"fused, plain launch", true, false, 0},
+    {"fused, PDL (default)", true, true, 0},
 };
 
 struct StepRow {
@@ -407,7 +404,6 @@ class HostSamplingBackend final : public Backend {
   Status LinearAddResidual(const Tensor& x, const Tensor& w, const Tensor& b, Tensor residual) override {
     return inner_->LinearAddResidual(x, w, b, residual);
   }
-  Status PrefetchWeight(const Tensor& weight) override { return inner_->PrefetchWeight(weight); }
   Status RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope, const AttentionParams& params,
                         const AttentionMetadata& meta, KvLayerView cache) override {
     return inner_->RopeAndWriteKv(qkv, q_out, rope, params, meta, cache);
@@ -510,7 +506,6 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       ko.fuse_small_batch = v.fuse;
       ko.programmatic_launch = v.programmatic;
       ko.small_m_gemv_columns_per_warp = v.columns_per_warp;
-      ko.l2_prefetch_bytes = static_cast<size_t>(v.l2_prefetch_mib) << 20;
       backend.SetKernelOptions(ko);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
       StepTimes t;

@@ -144,10 +144,6 @@ class Backend {
                                    const Tensor& bias, Tensor out) {
     return UnimplementedError(std::string(name()) + " backend: no fused NormLinearSiluMul");
   }
-  // A hint before an op that leaves memory bandwidth idle (small-batch decode attention): the
-  // backend may start reading `weight` into a cache now, so the later op that reads it runs
-  // faster. Nothing is written; results never change.
-  virtual Status PrefetchWeight(const Tensor& weight) { return OkStatus(); }
   // residual[T, N] += x[T, K] @ weight[N, K]^T (+ bias[N]).
   virtual Status LinearAddResidual(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor residual) {
     return UnimplementedError(std::string(name()) + " backend: no fused LinearAddResidual");

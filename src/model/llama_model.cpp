@@ -340,8 +340,6 @@ Status LlamaModel::RunLayers(std::span<const int32_t> token_ids, const Attention
     const KvLayerView kv = cache.layer(static_cast<int32_t>(l));
     TANDEM_RETURN_IF_ERROR(backend_.RopeAndWriteKv(qkv, q, rope_, attention_params_, meta, kv));
     if (after_layer_kv) TANDEM_RETURN_IF_ERROR(after_layer_kv(static_cast<int32_t>(l)));
-    // Small-batch attention leaves HBM mostly idle: the output projection's weights stream meanwhile.
-    if (fused) TANDEM_RETURN_IF_ERROR(backend_.PrefetchWeight(w.o));
     TANDEM_RETURN_IF_ERROR(backend_.Attention(q, kv, attention_params_, meta, attn));
     if (fused) {
       TANDEM_RETURN_IF_ERROR(backend_.LinearAddResidual(attn, w.o, w.o_bias, residual));

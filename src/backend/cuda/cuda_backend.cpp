@@ -418,7 +418,8 @@ Status CudaBackend::RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTa
   p.head_dim = params.head_dim;
   p.rotary_dim = rope.rotary_dim;
   p.block_size = meta.block_size;
-  p.programmatic = programmatic_launch_;
+  // Programmatic only after the small-M GEMV (larger batches: after cuBLAS, measured no gain).
+  p.programmatic = programmatic_launch_ && meta.num_tokens <= kernels::kSmallMGemvMaxRows;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchRopeWriteKv(p, stream_));
   return OkStatus();
 }

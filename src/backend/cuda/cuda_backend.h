@@ -72,7 +72,6 @@ class CudaBackend final : public Backend {
   Status NormLinearSiluMul(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& gate_up,
                            const Tensor& bias, Tensor out) override;
   Status LinearAddResidual(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor residual) override;
-  Status PrefetchWeight(const Tensor& weight) override;
   // On the device (kernels/sample_rows.cuh): penalties, greedy or temperature/top-k/top-p/min-p
   // and the Philox draw, logprobs; only ids and logprobs are copied back. A batch with a row asking
   // for more than kernels::kMaxDeviceTopLogprobs top logprobs goes through the host reference
@@ -103,9 +102,9 @@ class CudaBackend final : public Backend {
   Status RunDecodeGraph(int32_t key, bool capture, const std::function<Status()>& record) override;
   void ClearDecodeGraphs() override;
 
-  // Benchmarks: switches fuse_small_batch, programmatic_launch, l2_prefetch_bytes and
-  // small_m_gemv_columns_per_warp to those of
-  // `options` at run time (nothing else). Drops every decode graph, so the next steps capture anew.
+  // Benchmarks: switches fuse_small_batch, programmatic_launch and small_m_gemv_columns_per_warp to
+  // those of `options` at run time (nothing else). Drops every decode graph: the next steps capture
+  // anew.
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
@@ -118,8 +117,7 @@ class CudaBackend final : public Backend {
         gpu_memory_utilization_(options.gpu_memory_utilization),
         fuse_small_batch_(options.fuse_small_batch),
         programmatic_launch_requested_(options.programmatic_launch),
-        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
-        l2_prefetch_bytes_(options.l2_prefetch_bytes) {}
+        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
@@ -145,8 +143,7 @@ class CudaBackend final : public Backend {
   bool programmatic_launch_requested_;
   bool programmatic_launch_ = false;  // requested and the device is sm_90+
   int small_m_gemv_columns_per_warp_;
-  size_t l2_prefetch_bytes_;
-  bool sm90_ = false;                 // constant after Init
+  bool sm90_ = false;  // constant after Init
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

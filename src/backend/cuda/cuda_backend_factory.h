@@ -18,9 +18,6 @@ struct CudaBackendOptions {
   // Programmatic dependent launch (Hopper and newer) of the GEMV and RoPE kernels: each may start
   // while the kernel before it drains (kernels/kernel_utils.cuh). Off: plain stream order.
   bool programmatic_launch = true;
-  // PrefetchWeight: how much of the weight to start reading into L2 (0: none). The model asks for
-  // the output projection's before small-batch decode attention.
-  size_t l2_prefetch_bytes = size_t{32} << 20;
   // Output columns per warp of the small-M GEMV: 1 or 2; 0 lets the kernel pick (benchmarks).
   int small_m_gemv_columns_per_warp = 0;
 };

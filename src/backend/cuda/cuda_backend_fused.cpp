@@ -1,10 +1,7 @@
 // CudaBackend: the fused small-batch ops (Backend::FusesSmallBatch) and the small-M GEMV launch
 // they share with Linear.
-#include <algorithm>
-
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
-#include "kernels/l2_prefetch.cuh"
 
 namespace tandem {
 namespace {
@@ -44,18 +41,6 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   programmatic_launch_requested_ = options.programmatic_launch;
   programmatic_launch_ = options.programmatic_launch && sm90_;
   small_m_gemv_columns_per_warp_ = options.small_m_gemv_columns_per_warp;
-  l2_prefetch_bytes_ = options.l2_prefetch_bytes;
-}
-
-Status CudaBackend::PrefetchWeight(const Tensor& weight) {
-  if (l2_prefetch_bytes_ == 0 || !sm90_) return OkStatus();
-  TANDEM_RETURN_IF_ERROR(SelectDevice());
-  kernels::L2PrefetchParams p;
-  p.data = weight.data;
-  p.bytes = std::min(l2_prefetch_bytes_, weight.nbytes());
-  p.programmatic = programmatic_launch_;
-  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchL2Prefetch(p, stream_));
-  return OkStatus();
 }
 
 Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {
