@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <utility>
+
 namespace tandem::kernels {
 
 __device__ __forceinline__ float WarpSum(float v) {
@@ -30,6 +32,43 @@ __device__ __forceinline__ float BlockSum(float v, float* scratch) {
   __syncthreads();
   float total = lane < num_warps ? scratch[lane] : 0.0f;
   return WarpSum(total);
+}
+
+// Programmatic dependent launch (PDL, sm_90+). A kernel launched with LaunchKernel(programmatic =
+// true) may start while the kernel before it on the stream still runs: it must call
+// WaitForPrerequisiteGrids() before reading anything an earlier kernel wrote and before writing any
+// global memory (an earlier kernel may still read it). Only then does "this kernel finished" imply
+// "every earlier kernel finished", which the next programmatic dependent relies on. Without the
+// launch attribute both calls are no-ops, so the same kernel serves both launches.
+__device__ __forceinline__ void WaitForPrerequisiteGrids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next programmatic dependent on the stream launch once every CTA of this kernel called
+// it (or exited); its CTAs then take free SM slots and run up to their own wait.
+__device__ __forceinline__ void AllowDependentLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent when asked.
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                         Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 inline unsigned int CeilDiv(long long a, long long b) { return static_cast<unsigned int>((a + b - 1) / b); }

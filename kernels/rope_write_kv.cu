@@ -7,7 +7,9 @@ namespace {
 
 // One block per token. Each thread rotates (head, i) pairs of q (into q_out) and of k (into the
 // cache). Dims past rotary_dim, and v, are copied as they are.
-__global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
+__global__ void RopeWriteKvKernel(const RopeWriteKvParams p) {
+  AllowDependentLaunch();
+  WaitForPrerequisiteGrids();  // qkv comes from the kernel before
   const int64_t t = blockIdx.x;
   const int32_t hd = p.head_dim;
   const int32_t half = p.rotary_dim / 2;
@@ -69,8 +71,7 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
 
 cudaError_t LaunchRopeWriteKv(const RopeWriteKvParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return cudaSuccess;
-  RopeWriteKvKernel<<<p.num_tokens, 128, 0, stream>>>(p);
-  return cudaGetLastError();
+  return LaunchKernel(p.programmatic, RopeWriteKvKernel, dim3(p.num_tokens), dim3(128), stream, p);
 }
 
 }  // namespace tandem::kernels

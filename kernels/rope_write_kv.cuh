@@ -27,6 +27,7 @@ struct RopeWriteKvParams {
   int32_t head_dim = 0;
   int32_t rotary_dim = 0;
   int32_t block_size = 0;
+  bool programmatic = false;  // launch as a programmatic dependent (sm_90+; kernel_utils.cuh)
 };
 
 cudaError_t LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);

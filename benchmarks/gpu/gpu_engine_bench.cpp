@@ -11,7 +11,7 @@
 // GPU is not counted as CPU time).
 //
 //   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only]
-//                    [--cuda-core-decode-attention]
+//                    [--cuda-core-decode-attention] [--kernel-ab]
 // --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
 // every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
 // the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
@@ -20,6 +20,9 @@
 // through the backend and launched directly (decode_attention_sweep.h: old vs new kernel, split counts).
 // --cuda-core-decode-attention: decode attention through the CUDA-core split-KV kernel and its split
 // policy (CudaBackendOptions::cuda_core_decode_attention), the "before" of the tensor-core kernel.
+// --kernel-ab: every decode batch is measured under each kernel variant of kVariants (small-batch
+// fusion, programmatic launch, GEMV columns per warp; CudaBackend::SetKernelOptions), interleaved on
+// the same engine, the first being the kernels as they were before fusion and PDL.
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
 #include <cuda_runtime_api.h>
 #include <spdlog/spdlog.h>
@@ -39,6 +42,7 @@
 #include "backend/cuda/cuda_check.h"
 #include "benchmarks/gpu/bench_kernels.cuh"
 #include "benchmarks/gpu/decode_attention_sweep.h"
+#include "kernels/small_m_gemv.cuh"
 #include "model/model_source.h"
 #include "worker/engine.h"
 
@@ -161,43 +165,81 @@ StatusOr<Limits> MeasureLimits(CudaBackend& backend) {
   return lim;
 }
 
-// Each decode-shaped Linear alone (M = 1), weights rotated through a 2 GiB pool so they come
-// from HBM: achieved weight bytes / time.
+// Each decode-shaped GEMV alone (M = 1, the small-M kernel with the epilogue the fused decode
+// layer uses), weights rotated through a 2 GiB pool so they come from HBM. "single": one launch
+// between events (launch latency included); "back to back": kBackToBack launches on consecutive
+// weights between two events, per launch — as inside a decode graph — with and without
+// programmatic launch, with one output column per warp (the kernel before this change) and with
+// two (the kernel picks two where one would not fit one wave).
+constexpr int kBackToBack = 16;
+
 struct LinearRow {
   std::string name;
-  int64_t n = 0, k = 0;
-  double seconds = 0;
+  int64_t n = 0, k = 0;  // weight rows (both halves for gate|up) x k
+  kernels::SmallMGemvEpilogue epilogue = kernels::SmallMGemvEpilogue::kStore;
+  bool norm = false, f32 = false;
+  double single = 0;
+  double b2b[2][2] = {};  // [1 | 2 columns per warp][plain | programmatic], seconds per launch
 };
 
-StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c) {
+StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c, int num_sms) {
   const cudaStream_t s = backend.stream();
   EventTimer timer;
   TANDEM_RETURN_IF_ERROR(timer.Init());
   const size_t pool_elems = size_t{1} << 30;
   TANDEM_ASSIGN_OR_RETURN(DeviceMem pool, AllocRandom(backend, s, pool_elems, 5, 0.02f));
   TANDEM_ASSIGN_OR_RETURN(DeviceMem x, AllocRandom(backend, s, 1 << 16, 6, 1.0f));
+  TANDEM_ASSIGN_OR_RETURN(DeviceMem norm, AllocRandom(backend, s, 1 << 16, 7, 1.0f));
   TANDEM_ASSIGN_OR_RETURN(auto out, backend.Allocate(size_t{4} * c.vocab_size));
   const int64_t h = c.hidden_size, q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim,
                 inter = c.intermediate_size;
-  std::vector<LinearRow> rows = {{"q", q, h},           {"k (or v)", kv, h},  {"qkv fused", q + 2 * kv, h},
-                                 {"o", h, q},           {"gate (or up)", inter, h},
-                                 {"gate+up fused", 2 * inter, h},              {"down", h, inter},
-                                 {"lm_head (f32 out)", c.vocab_size, h}};
+  using E = kernels::SmallMGemvEpilogue;
+  std::vector<LinearRow> rows = {{"q (plain)", q, h},
+                                 {"qkv fused, norm prologue", q + 2 * kv, h, E::kStore, true},
+                                 {"o, residual add", h, q, E::kAddToOut},
+                                 {"gate+up fused, norm + silu*mul", 2 * inter, h, E::kSiluMul, true},
+                                 {"down, residual add", h, inter, E::kAddToOut},
+                                 {"lm_head (f32 out), norm prologue", c.vocab_size, h, E::kStore, true, true}};
   for (LinearRow& r : rows) {
     const size_t w_elems = static_cast<size_t>(r.n * r.k);
     const size_t slots = std::max<size_t>(1, pool_elems / w_elems);
-    const bool f32 = r.name.find("f32") != std::string::npos;
-    Tensor tx(x.data(), DType::kBF16, {1, r.k});
-    Tensor to(out->data(), f32 ? DType::kF32 : DType::kBF16, {1, r.n});
+    size_t next = 0;
+    auto launch = [&](int columns_per_warp, bool programmatic) {
+      kernels::SmallMGemvParams p;
+      p.x = static_cast<const __nv_bfloat16*>(x.data());
+      p.weight = static_cast<const __nv_bfloat16*>(pool.data()) + (next++ % slots) * w_elems;
+      p.norm_weight = r.norm ? static_cast<const __nv_bfloat16*>(norm.data()) : nullptr;
+      p.out = out->data();
+      p.out_is_f32 = r.f32;
+      p.epilogue = r.epilogue;
+      p.programmatic = programmatic;
+      p.columns_per_warp = columns_per_warp;
+      p.num_sms = num_sms;
+      p.m = 1;
+      p.n = r.epilogue == E::kSiluMul ? r.n / 2 : r.n;
+      p.k = r.k;
+      return kernels::LaunchSmallMGemv(p, s);
+    };
     std::vector<double> t;
     for (int rep = 0; rep < 24; ++rep) {
-      Tensor tw(static_cast<__nv_bfloat16*>(pool.data()) + (rep % slots) * w_elems, DType::kBF16, {r.n, r.k});
       TANDEM_RETURN_IF_ERROR(timer.Start(s));
-      TANDEM_RETURN_IF_ERROR(backend.Linear(tx, tw, Tensor(), to));
+      TANDEM_CUDA_RETURN_IF_ERROR(launch(0, false));
       TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
       if (rep >= 4) t.push_back(dt);
     }
-    r.seconds = Median(t);
+    r.single = Median(t);
+    for (int u = 0; u < 2; ++u) {
+      for (int pdl = 0; pdl < 2; ++pdl) {
+        t.clear();
+        for (int rep = 0; rep < 8; ++rep) {
+          TANDEM_RETURN_IF_ERROR(timer.Start(s));
+          for (int i = 0; i < kBackToBack; ++i) TANDEM_CUDA_RETURN_IF_ERROR(launch(u + 1, pdl == 1));
+          TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
+          if (rep >= 2) t.push_back(dt / kBackToBack);
+        }
+        r.b2b[u][pdl] = Median(t);
+      }
+    }
   }
   return rows;
 }
@@ -279,7 +321,23 @@ double PrefillFlops(const ModelConfig& c, int64_t t) {
   return c.num_layers * (2.0 * layer_params * t + attention) + 2.0 * c.vocab_size * c.hidden_size;
 }
 
+// Kernel variants of --kernel-ab (CudaBackend::SetKernelOptions), the first as before this change.
+struct KernelVariant {
+  const char* name;
+  bool fuse, programmatic;
+  int columns_per_warp;
+};
+constexpr KernelVariant kVariants[] = {
+    {"unfused, plain launch, 1 column/warp (before)", false, false, 1},
+    {"unfused, plain launch", false, false, 0},
+    {"unfused, PDL", false, true, 0},
+    {"fused, plain launch", true, false, 0},
+    {"fused, PDL (default)", true, true, 0},
+};
+
 struct StepRow {
+  std::string variant;
+  size_t programmatic_edges = 0;  // of the graph last captured (decode with graphs)
   std::string phase;
   int batch = 0, tokens = 0, steps = 0;
   double wall = 0, cpu = 0;  // per step, seconds (median)
@@ -339,6 +397,19 @@ class HostSamplingBackend final : public Backend {
     return inner_->Linear(x, weight, bias, out);
   }
   Status SiluMul(const Tensor& gate_up, Tensor out) override { return inner_->SiluMul(gate_up, out); }
+  bool FusesSmallBatch(int64_t rows, std::span<const int64_t> k_dims) const override {
+    return inner_->FusesSmallBatch(rows, k_dims);
+  }
+  Status NormLinear(const Tensor& x, const Tensor& g, float eps, const Tensor& w, const Tensor& b, Tensor out) override {
+    return inner_->NormLinear(x, g, eps, w, b, out);
+  }
+  Status NormLinearSiluMul(const Tensor& x, const Tensor& g, float eps, const Tensor& w, const Tensor& b,
+                           Tensor out) override {
+    return inner_->NormLinearSiluMul(x, g, eps, w, b, out);
+  }
+  Status LinearAddResidual(const Tensor& x, const Tensor& w, const Tensor& b, Tensor residual) override {
+    return inner_->LinearAddResidual(x, w, b, residual);
+  }
   Status RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope, const AttentionParams& params,
                         const AttentionMetadata& meta, KvLayerView cache) override {
     return inner_->RopeAndWriteKv(qkv, q_out, rope, params, meta, cache);
@@ -386,7 +457,7 @@ Status RunAttentionOnly(const std::filesystem::path& config_path) {
 }
 
 Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs,
-           bool cuda_core_attention) {
+           bool cuda_core_attention, bool kernel_ab) {
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -403,14 +474,18 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
 
   const double t_start = WallNow();
   TANDEM_ASSIGN_OR_RETURN(Limits lim, MeasureLimits(backend));
-  TANDEM_ASSIGN_OR_RETURN(std::vector<LinearRow> linears, MeasureLinears(backend, config));
+  TANDEM_ASSIGN_OR_RETURN(std::vector<LinearRow> linears, MeasureLinears(backend, config, prop.multiProcessorCount));
   const std::vector<int> batches = quick ? std::vector<int>{1, 32} : std::vector<int>{1, 32, 64, 128, 256};
   const int ctx = 1024;
   TANDEM_ASSIGN_OR_RETURN(std::vector<AttentionRow> attn, MeasureDecodeAttention(backend, config, batches, ctx));
   const double t_micro = WallNow();
 
   const int max_batch = batches.back();
-  const int decode_tokens = 160;
+  std::vector<KernelVariant> variants = {kVariants[std::size(kVariants) - 1]};
+  if (kernel_ab) variants.assign(std::begin(kVariants), std::end(kVariants));
+  const int measured_steps = 10;
+  // Every batch, every variant: one step that captures its graph, one replay, the measured steps.
+  const int decode_tokens = 16 + static_cast<int>(batches.size() * variants.size()) * (measured_steps + 3);
   EngineConfig ec;
   ec.block_size = 16;
   ec.max_num_batched_tokens = 8192;
@@ -444,7 +519,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
       while (e.HasUnfinished()) TANDEM_RETURN_IF_ERROR(e.Step().status());
     }
-    steps.push_back({"prefill", 1, len, 1, Median(t.wall), Median(t.cpu)});
+    steps.push_back({variants.back().name, 0, "prefill", 1, len, 1, Median(t.wall), Median(t.cpu)});
   }
 
   // Decode: max_batch sequences with distinct 1k prompts; once all decode, time steps, then abort
@@ -456,7 +531,6 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   }
   while (e.Stats().num_waiting > 0) TANDEM_RETURN_IF_ERROR(e.Step().status());
   TANDEM_RETURN_IF_ERROR(e.Step().status());  // the last prefill chunk's step is done: all decode now
-  const int measured_steps = 10;
   for (auto it = batches.rbegin(); it != batches.rend(); ++it) {
     const int b = *it;
     while (static_cast<int>(live.size()) > b) {
@@ -464,13 +538,22 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       live.pop_back();
     }
     TANDEM_RETURN_IF_ERROR(e.Step().status());  // drains the aborts' outputs
-    StepTimes t;
-    for (int i = 0; i < measured_steps; ++i) TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
-    if (static_cast<int>(e.Stats().num_running) != b) {
-      return InternalError("decode batch " + std::to_string(b) + " ran with " +
-                           std::to_string(e.Stats().num_running) + " sequences");
+    for (const KernelVariant& v : variants) {
+      CudaBackendOptions ko;
+      ko.fuse_small_batch = v.fuse;
+      ko.programmatic_launch = v.programmatic;
+      ko.small_m_gemv_columns_per_warp = v.columns_per_warp;
+      backend.SetKernelOptions(ko);
+      for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
+      StepTimes t;
+      for (int i = 0; i < measured_steps; ++i) TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
+      if (static_cast<int>(e.Stats().num_running) != b) {
+        return InternalError("decode batch " + std::to_string(b) + " ran with " +
+                             std::to_string(e.Stats().num_running) + " sequences");
+      }
+      steps.push_back({v.name, backend.last_graph_programmatic_edges(), "decode", b, b * measured_steps,
+                       measured_steps, Median(t.wall), Median(t.cpu)});
     }
-    steps.push_back({"decode", b, b * measured_steps, measured_steps, Median(t.wall), Median(t.cpu)});
   }
   for (const auto& id : live) e.Abort(id);
   (void)e.Step();
@@ -493,8 +576,8 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
               weight_bytes / lim.read_bw * 1e3);
 
   std::printf("## engine steps (1k context for decode; per-step medians)\n\n");
-  std::printf("| phase | batch | tokens/step | step ms | tokens/s | floor ms | floor / step | host CPU ms | CPU / step |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| kernels | phase | batch | tokens/step | step ms | tokens/s | floor ms | floor / step | host CPU ms | CPU / step | PDL graph edges |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const StepRow& r : steps) {
     const int per_step = r.phase == "prefill" ? r.tokens : r.batch;
     double floor;
@@ -505,21 +588,24 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       const double kv = 2.0 * r.batch * ctx * config.num_layers * config.num_kv_heads * config.head_dim * 2.0;
       floor = (weight_bytes + kv) / lim.read_bw;
     }
-    std::printf("| %s | %d | %d | %.3f | %.0f | %.3f | %.0f%% | %.3f | %.0f%% |\n", r.phase.c_str(), r.batch,
-                per_step, r.wall * 1e3, per_step / r.wall, floor * 1e3, 100.0 * floor / r.wall, r.cpu * 1e3,
-                100.0 * r.cpu / r.wall);
+    std::printf("| %s | %s | %d | %d | %.3f | %.0f | %.3f | %.0f%% | %.3f | %.0f%% | %zu |\n", r.variant.c_str(),
+                r.phase.c_str(), r.batch, per_step, r.wall * 1e3, per_step / r.wall, floor * 1e3,
+                100.0 * floor / r.wall, r.cpu * 1e3, 100.0 * r.cpu / r.wall, r.programmatic_edges);
   }
   std::printf("\nprefill floor: FLOPs (matrices, causal attention, one LM-head row) / GEMM rate; "
               "MFU = floor / step. decode floor: (weights + K/V bytes) / read bandwidth.\n\n");
 
   PrintAttentionTable(attn, ctx, lim.read_bw);
-  std::printf("\n## decode-shaped Linear alone (M = 1, weights from HBM)\n\n");
-  std::printf("| weight | N x K | us | GB/s | of read bw |\n|---|---|---|---|---|\n");
+  std::printf("\n## decode-shaped GEMV alone (M = 1, small-M kernel, weights from HBM; us per launch, %% of read bw)\n\n");
+  std::printf("| weight | N x K | single launch | back to back, 1 column/warp | 1 column/warp + PDL | 2 columns/warp | 2 columns/warp + PDL |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
   for (const LinearRow& r : linears) {
     const double bytes = 2.0 * r.n * r.k;
-    std::printf("| %s | %lld x %lld | %.1f | %.0f | %.0f%% |\n", r.name.c_str(), static_cast<long long>(r.n),
-                static_cast<long long>(r.k), r.seconds * 1e6, bytes / r.seconds / 1e9,
-                100.0 * bytes / r.seconds / lim.read_bw);
+    auto cell = [&](double sec) { return std::to_string(sec * 1e6).substr(0, 5) + " (" +
+                                         std::to_string(static_cast<int>(std::lround(100.0 * bytes / sec / lim.read_bw))) + "%)"; };
+    std::printf("| %s | %lld x %lld | %s | %s | %s | %s | %s |\n", r.name.c_str(), static_cast<long long>(r.n),
+                static_cast<long long>(r.k), cell(r.single).c_str(), cell(r.b2b[0][0]).c_str(), cell(r.b2b[0][1]).c_str(),
+                cell(r.b2b[1][0]).c_str(), cell(r.b2b[1][1]).c_str());
   }
   return OkStatus();
 }
@@ -534,6 +620,7 @@ int main(int argc, char** argv) {
   bool cuda_graphs = true;
   bool attention_only = false;
   bool cuda_core_attention = false;
+  bool kernel_ab = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
@@ -548,15 +635,18 @@ int main(int argc, char** argv) {
       attention_only = true;
     } else if (a == "--cuda-core-decode-attention") {
       cuda_core_attention = true;
+    } else if (a == "--kernel-ab") {
+      kernel_ab = true;
     } else {
       std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only] "
-                   "[--cuda-core-decode-attention]\n");
+                   "[--cuda-core-decode-attention] [--kernel-ab]\n");
       return 2;
     }
   }
   spdlog::set_level(spdlog::level::warn);
   const tandem::Status s = attention_only ? tandem::RunAttentionOnly(config)
-                                          : tandem::Run(config, quick, host_sampling, cuda_graphs, cuda_core_attention);
+                                          : tandem::Run(config, quick, host_sampling, cuda_graphs, cuda_core_attention,
+                                                        kernel_ab);
   if (!s.ok()) {
     std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
     return 1;

@@ -126,6 +126,29 @@ class Backend {
   // out[R, H] = x[rows[r], :]. rows in host memory.
   virtual Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) = 0;
 
+  // --- fused small-batch ops (optional) ------------------------------------------------------------
+  // A backend whose FusesSmallBatch(rows, k_dims) is true implements the three ops below for
+  // `rows` rows and every reduction length in `k_dims`; the model then runs each layer as
+  //   qkv = NormLinear(residual, input_norm, qkv);  RoPE;  attention;  LinearAddResidual(attn, o, residual);
+  //   act = NormLinearSiluMul(residual, post_norm, gate_up);  LinearAddResidual(act, down, residual)
+  // with the whole residual stream in `residual` (no separate norm, SiLU or add; see
+  // LlamaModel::RunLayers), and the final norm as NormLinear into the LM head.
+  virtual bool FusesSmallBatch(int64_t rows, std::span<const int64_t> k_dims) const { return false; }
+  // out[T, N] = (rmsnorm(x) * norm_weight) @ weight[N, K]^T (+ bias[N]); x [T, K] is not modified.
+  virtual Status NormLinear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight,
+                            const Tensor& bias, Tensor out) {
+    return UnimplementedError(std::string(name()) + " backend: no fused NormLinear");
+  }
+  // out[T, I] = silu(g) * u where [g | u] = NormLinear(x, norm_weight, eps, gate_up [2I, K], bias [2I]).
+  virtual Status NormLinearSiluMul(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& gate_up,
+                                   const Tensor& bias, Tensor out) {
+    return UnimplementedError(std::string(name()) + " backend: no fused NormLinearSiluMul");
+  }
+  // residual[T, N] += x[T, K] @ weight[N, K]^T (+ bias[N]).
+  virtual Status LinearAddResidual(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor residual) {
+    return UnimplementedError(std::string(name()) + " backend: no fused LinearAddResidual");
+  }
+
   // --- sampling -----------------------------------------------------------------------------------
   // One token per row of `logits` (f32 [R, V] on this backend) for inputs[r], with the semantics of
   // SampleToken (sampling/sampler.h), into outputs[r] (token, logprob, top logprobs as asked).

@@ -283,13 +283,23 @@ StatusOr<Tensor> LlamaModel::ForwardToBackend(const ModelInput& input, const KvC
   // Only the rows that need logits go through the final norm and the LM head.
   TANDEM_ASSIGN_OR_RETURN(Tensor rows_x, Scratch(kRows, act, {num_rows, hidden}));
   TANDEM_ASSIGN_OR_RETURN(Tensor rows_res, Scratch(kNormed, act, {num_rows, hidden}));
-  TANDEM_RETURN_IF_ERROR(backend_.GatherRows(x, input.logits_rows, rows_x));
+  TANDEM_ASSIGN_OR_RETURN(Tensor out, Scratch(kLogits, DType::kF32, {num_rows, config_.vocab_size}));
   TANDEM_RETURN_IF_ERROR(backend_.GatherRows(residual, input.logits_rows, rows_res));
+  if (FusedStep(num_tokens)) {
+    // The residual stream is complete; num_rows <= num_tokens, so the LM head fuses too.
+    TANDEM_RETURN_IF_ERROR(backend_.NormLinear(rows_res, final_norm_, eps, lm_head_, Tensor(), out));
+    return out;
+  }
+  TANDEM_RETURN_IF_ERROR(backend_.GatherRows(x, input.logits_rows, rows_x));
   TANDEM_ASSIGN_OR_RETURN(Tensor rows_normed, Scratch(kAttnOut, act, {num_rows, hidden}));
   TANDEM_RETURN_IF_ERROR(backend_.RmsNorm(rows_x, rows_res, final_norm_, eps, rows_normed));
-  TANDEM_ASSIGN_OR_RETURN(Tensor out, Scratch(kLogits, DType::kF32, {num_rows, config_.vocab_size}));
   TANDEM_RETURN_IF_ERROR(backend_.Linear(rows_normed, lm_head_, Tensor(), out));
   return out;
+}
+
+bool LlamaModel::FusedStep(int64_t num_tokens) const {
+  const int64_t k_dims[] = {config_.hidden_size, config_.num_heads * config_.head_dim, config_.intermediate_size};
+  return backend_.FusesSmallBatch(num_tokens, k_dims);
 }
 
 Status LlamaModel::RunLayers(std::span<const int32_t> token_ids, const AttentionMetadata& meta,
@@ -311,21 +321,33 @@ Status LlamaModel::RunLayers(std::span<const int32_t> token_ids, const Attention
   TANDEM_ASSIGN_OR_RETURN(Tensor gate_up, Scratch(kGateUp, act, {num_tokens, 2 * inter}));
   TANDEM_ASSIGN_OR_RETURN(Tensor mlp_act, Scratch(kAct, act, {num_tokens, inter}));
 
-  TANDEM_RETURN_IF_ERROR(backend_.Embedding(token_ids, embed_tokens_, x));
+  // Fused (a few rows): the embeddings start the residual stream; each GEMV normalizes its input
+  // or adds its output into the stream itself (Backend::FusesSmallBatch).
+  const bool fused = FusedStep(num_tokens);
+  TANDEM_RETURN_IF_ERROR(backend_.Embedding(token_ids, embed_tokens_, fused ? residual : x));
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
     // Attention block. The first layer starts the residual stream from the embeddings.
-    if (l == 0) {
+    if (fused) {
+      TANDEM_RETURN_IF_ERROR(backend_.NormLinear(residual, w.input_norm, eps, w.qkv, w.qkv_bias, qkv));
+    } else if (l == 0) {
       TANDEM_RETURN_IF_ERROR(backend_.Copy(x, residual));
       TANDEM_RETURN_IF_ERROR(backend_.RmsNorm(x, Tensor(), w.input_norm, eps, normed));
     } else {
       TANDEM_RETURN_IF_ERROR(backend_.RmsNorm(x, residual, w.input_norm, eps, normed));
     }
-    TANDEM_RETURN_IF_ERROR(backend_.Linear(normed, w.qkv, w.qkv_bias, qkv));
+    if (!fused) TANDEM_RETURN_IF_ERROR(backend_.Linear(normed, w.qkv, w.qkv_bias, qkv));
     const KvLayerView kv = cache.layer(static_cast<int32_t>(l));
     TANDEM_RETURN_IF_ERROR(backend_.RopeAndWriteKv(qkv, q, rope_, attention_params_, meta, kv));
     if (after_layer_kv) TANDEM_RETURN_IF_ERROR(after_layer_kv(static_cast<int32_t>(l)));
     TANDEM_RETURN_IF_ERROR(backend_.Attention(q, kv, attention_params_, meta, attn));
+    if (fused) {
+      TANDEM_RETURN_IF_ERROR(backend_.LinearAddResidual(attn, w.o, w.o_bias, residual));
+      TANDEM_RETURN_IF_ERROR(
+          backend_.NormLinearSiluMul(residual, w.post_norm, eps, w.gate_up, w.gate_up_bias, mlp_act));
+      TANDEM_RETURN_IF_ERROR(backend_.LinearAddResidual(mlp_act, w.down, w.down_bias, residual));
+      continue;
+    }
     TANDEM_RETURN_IF_ERROR(backend_.Linear(attn, w.o, w.o_bias, x));
     // MLP block.
     TANDEM_RETURN_IF_ERROR(backend_.RmsNorm(x, residual, w.post_norm, eps, normed));
@@ -462,13 +484,14 @@ StatusOr<Tensor> LlamaModel::ForwardDecodeGraph(const ModelInput& input, const K
   const auto record = [this, &step]() -> Status {
     const int64_t rows = step.batch;
     const DType act = backend_.activation_dtype();
+    const float eps = static_cast<float>(config_.rms_norm_eps);
     TANDEM_RETURN_IF_ERROR(RunLayers(step.ids, *step.meta, *step.cache, nullptr));
     TANDEM_ASSIGN_OR_RETURN(Tensor x, Scratch(kHidden, act, {rows, config_.hidden_size}));
     TANDEM_ASSIGN_OR_RETURN(Tensor residual, Scratch(kResidual, act, {rows, config_.hidden_size}));
-    TANDEM_ASSIGN_OR_RETURN(Tensor normed, Scratch(kNormed, act, {rows, config_.hidden_size}));
-    TANDEM_RETURN_IF_ERROR(
-        backend_.RmsNorm(x, residual, final_norm_, static_cast<float>(config_.rms_norm_eps), normed));
     TANDEM_ASSIGN_OR_RETURN(Tensor logits, Scratch(kLogits, DType::kF32, {rows, config_.vocab_size}));
+    if (FusedStep(rows)) return backend_.NormLinear(residual, final_norm_, eps, lm_head_, Tensor(), logits);
+    TANDEM_ASSIGN_OR_RETURN(Tensor normed, Scratch(kNormed, act, {rows, config_.hidden_size}));
+    TANDEM_RETURN_IF_ERROR(backend_.RmsNorm(x, residual, final_norm_, eps, normed));
     return backend_.Linear(normed, lm_head_, Tensor(), logits);
   };
   const int32_t key = (width_exponent << kGraphKeyWidthShift) | batch;

@@ -89,10 +89,13 @@ class LlamaModel {
   // Uploads one weight, keeping its storage (or, zero copy, its host bytes) with the model.
   StatusOr<Tensor> Upload(const HostTensor& host);
   StatusOr<Tensor> Scratch(size_t slot, DType dtype, std::initializer_list<int64_t> dims);
-  // Embedding and every decoder layer over the step's tokens: leaves the last layer's output in
-  // the kHidden slot and the residual stream in kResidual.
-  // Embedding and every layer; `after_layer_kv` (may be empty) runs after each layer's K/V writes
-  // were enqueued. Graph capture passes none: only prefill steps stream KV, and they run eagerly.
+  // Whether a step of `num_tokens` tokens runs the fused layer (Backend::FusesSmallBatch).
+  bool FusedStep(int64_t num_tokens) const;
+  // Embedding and every decoder layer over the step's tokens. Unfused: leaves the last layer's
+  // output in the kHidden slot and the residual stream before it in kResidual; fused
+  // (FusedStep): the whole residual stream, last layer included, in kResidual.
+  // `after_layer_kv` (may be empty) runs after each layer's K/V writes were enqueued. Graph
+  // capture passes none: only prefill steps stream KV, and they run eagerly.
   Status RunLayers(std::span<const int32_t> token_ids, const AttentionMetadata& meta, const KvCache& cache,
                    const std::function<Status(int32_t)>& after_layer_kv);
   bool IsGraphableDecode(const ModelInput& input) const;

@@ -18,7 +18,6 @@
 #include "kernels/sample_rows.cuh"
 #include "kernels/rope_write_kv.cuh"
 #include "kernels/silu_mul.cuh"
-#include "kernels/small_m_gemv.cuh"
 
 namespace tandem {
 namespace {
@@ -121,6 +120,8 @@ Status CudaBackend::Init() {
                                    "; bf16 kernels need 8.0 or newer");
   }
   num_sms_ = prop.multiProcessorCount;
+  sm90_ = prop.major >= 9;
+  programmatic_launch_ = programmatic_launch_requested_ && sm90_;
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
@@ -132,8 +133,9 @@ Status CudaBackend::Init() {
   TANDEM_RETURN_IF_ERROR(sample_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(kv_ids_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(attention_metadata_.Init(stream_));
-  spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB)", device_, prop.name,
-               prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30));
+  spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}",
+               device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
+               fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off");
   return OkStatus();
 }
 
@@ -320,8 +322,7 @@ Status CudaBackend::Linear(const Tensor& x, const Tensor& weight, const Tensor& 
     p.m = rows;
     p.n = n;
     p.k = k;
-    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSmallMGemv(p, stream_));
-    return OkStatus();
+    return SmallMGemv(p);
   }
   // Row-major out[rows, n] = x[rows, k] @ W[n, k]^T is column-major out^T[n, rows] = W^T' x^T'
   // with W read as a column-major [k, n] matrix (transposed) and x as column-major [k, rows].
@@ -417,6 +418,8 @@ Status CudaBackend::RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTa
   p.head_dim = params.head_dim;
   p.rotary_dim = rope.rotary_dim;
   p.block_size = meta.block_size;
+  // Programmatic only after the small-M GEMV (larger batches: after cuBLAS, measured no gain).
+  p.programmatic = programmatic_launch_ && meta.num_tokens <= kernels::kSmallMGemvMaxRows;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchRopeWriteKv(p, stream_));
   return OkStatus();
 }

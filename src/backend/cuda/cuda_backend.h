@@ -29,6 +29,7 @@
 #include "backend/cuda/device_attention_metadata.h"
 #include "backend/cuda/pinned_upload.h"
 #include "kernels/paged_decode_attention.cuh"
+#include "kernels/small_m_gemv.cuh"
 
 namespace tandem {
 
@@ -64,6 +65,14 @@ class CudaBackend final : public Backend {
   Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
                    const AttentionMetadata& meta, Tensor out) override;
   Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override;
+  // Fused small-batch ops (cuda_backend_fused.cpp): the small-M GEMV kernel with its RMSNorm
+  // prologue and residual-add / SiLU·mul epilogues, for 1..4 rows (CudaBackendOptions::fuse_small_batch).
+  bool FusesSmallBatch(int64_t rows, std::span<const int64_t> k_dims) const override;
+  Status NormLinear(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& weight, const Tensor& bias,
+                    Tensor out) override;
+  Status NormLinearSiluMul(const Tensor& x, const Tensor& norm_weight, float eps, const Tensor& gate_up,
+                           const Tensor& bias, Tensor out) override;
+  Status LinearAddResidual(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor residual) override;
   // On the device (kernels/sample_rows.cuh): penalties, greedy or temperature/top-k/top-p/min-p
   // and the Philox draw, logprobs; only ids and logprobs are copied back. A batch with a row asking
   // for more than kernels::kMaxDeviceTopLogprobs top logprobs goes through the host reference
@@ -94,6 +103,12 @@ class CudaBackend final : public Backend {
   Status RunDecodeGraph(int32_t key, bool capture, const std::function<Status()>& record) override;
   void ClearDecodeGraphs() override;
 
+  // Benchmarks: switches fuse_small_batch, programmatic_launch and small_m_gemv_columns_per_warp to
+  // those of `options` at run time (nothing else). Drops every decode graph: the next steps capture
+  // anew.
+  void SetKernelOptions(const CudaBackendOptions& options);
+  // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
+  size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
   int device() const { return device_; }
   cudaStream_t stream() const { return stream_; }
 
@@ -101,7 +116,10 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(const CudaBackendOptions& options)
       : device_(options.device),
         gpu_memory_utilization_(options.gpu_memory_utilization),
-        cuda_core_decode_attention_(options.cuda_core_decode_attention) {}
+        cuda_core_decode_attention_(options.cuda_core_decode_attention),
+        fuse_small_batch_(options.fuse_small_batch),
+        programmatic_launch_requested_(options.programmatic_launch),
+        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
@@ -118,11 +136,19 @@ class CudaBackend final : public Backend {
   kernels::PagedDecodeKernel DecodeAttentionKernel(int32_t head_dim) const;
   // Split-KV decode attention over the staged inputs (inside a decode graph step).
   Status StagedDecodeAttention(const Tensor& q, KvLayerView cache, const AttentionParams& params, Tensor out);
+  // The small-M GEMV (fused variants included) on this backend's stream, PDL as configured.
+  Status SmallMGemv(kernels::SmallMGemvParams p);
 
   // Constant after construction.
   const int device_;
   const double gpu_memory_utilization_;
   const bool cuda_core_decode_attention_;
+  // Kernel choices (constant but for SetKernelOptions).
+  bool fuse_small_batch_;
+  bool programmatic_launch_requested_;
+  bool programmatic_launch_ = false;  // requested and the device is sm_90+
+  int small_m_gemv_columns_per_warp_;
+  bool sm90_ = false;  // constant after Init
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

@@ -15,6 +15,14 @@ struct CudaBackendOptions {
   // Benchmarks only: decode attention through the CUDA-core split-KV kernel with its split policy
   // (kernels::PagedDecodeKernel::kCudaCore), the "before" of the tensor-core kernel.
   bool cuda_core_decode_attention = false;
+  // Small decode batches (<= 4 rows): RMSNorm, SiLU·mul and the residual add fused into the
+  // small-M GEMV (Backend::FusesSmallBatch); off: one kernel per op, as for larger batches.
+  bool fuse_small_batch = true;
+  // Programmatic dependent launch (Hopper and newer) of the GEMV and RoPE kernels: each may start
+  // while the kernel before it drains (kernels/kernel_utils.cuh). Off: plain stream order.
+  bool programmatic_launch = true;
+  // Output columns per warp of the small-M GEMV: 1 or 2; 0 lets the kernel pick (benchmarks).
+  int small_m_gemv_columns_per_warp = 0;
 };
 
 // Selects `device`, creates the backend's stream and cuBLAS handle. InvalidArgument for a device

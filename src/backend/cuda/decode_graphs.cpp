@@ -126,6 +126,24 @@ Status DecodeGraphs::Run(int32_t key, bool capture, const std::function<Status()
   return OkStatus();
 }
 
+namespace {
+
+// The number of `graph`'s edges of type programmatic (a PDL launch the capture kept).
+cudaError_t CountProgrammaticEdges(cudaGraph_t graph, size_t* count) {
+  size_t num_edges = 0;
+  cudaError_t err = cudaGraphGetEdges(graph, nullptr, nullptr, nullptr, &num_edges);
+  if (err != cudaSuccess) return err;
+  std::vector<cudaGraphNode_t> from(num_edges), to(num_edges);
+  std::vector<cudaGraphEdgeData> data(num_edges);
+  err = cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &num_edges);
+  if (err != cudaSuccess) return err;
+  *count = 0;
+  for (size_t i = 0; i < num_edges; ++i) *count += data[i].type == cudaGraphDependencyTypeProgrammatic ? 1 : 0;
+  return cudaSuccess;
+}
+
+}  // namespace
+
 Status DecodeGraphs::Capture(int32_t key, const std::function<Status()>& record) {
   const auto start = std::chrono::steady_clock::now();
   // Thread-local mode: only this thread's unsafe calls (a sync, an allocation) break the capture.
@@ -137,7 +155,11 @@ Status DecodeGraphs::Capture(int32_t key, const std::function<Status()>& record)
   const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
   cudaGraphExec_t exec = nullptr;
   cudaError_t inst = cudaErrorUnknown;
-  if (recorded.ok() && end == cudaSuccess) inst = cudaGraphInstantiate(&exec, graph, 0);
+  size_t programmatic = 0;
+  if (recorded.ok() && end == cudaSuccess) {
+    inst = CountProgrammaticEdges(graph, &programmatic);
+    if (inst == cudaSuccess) inst = cudaGraphInstantiate(&exec, graph, 0);
+  }
   if (graph != nullptr) (void)cudaGraphDestroy(graph);
   if (!recorded.ok() || end != cudaSuccess || inst != cudaSuccess) {
     (void)cudaGetLastError();  // capture errors are not sticky: clear them
@@ -148,9 +170,10 @@ Status DecodeGraphs::Capture(int32_t key, const std::function<Status()>& record)
     return OkStatus();
   }
   graphs_[key] = exec;
+  last_programmatic_edges_ = programmatic;
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("cuda backend: captured the decode graph for {} sequences x {} table blocks ({:.1f} ms)",
-               staged_.num_seqs, staged_.max_blocks_per_seq, ms);
+  spdlog::info("cuda backend: captured the decode graph for {} sequences x {} table blocks ({:.1f} ms, "
+               "{} programmatic edges)", staged_.num_seqs, staged_.max_blocks_per_seq, ms, programmatic);
   return OkStatus();
 }
 

@@ -64,6 +64,9 @@ class DecodeGraphs {
 
   Status Run(int32_t key, bool capture, const std::function<Status()>& record);
   void Clear();
+  // Programmatic edges (kernel launches with programmatic stream serialization that the capture
+  // kept as such) of the last graph captured; 0 before any.
+  size_t last_programmatic_edges() const { return last_programmatic_edges_; }
 
  private:
   Status Capture(int32_t key, const std::function<Status()>& record);
@@ -83,6 +86,7 @@ class DecodeGraphs {
   bool active_ = false;
   std::unordered_map<int32_t, cudaGraphExec_t> graphs_;
   std::unordered_set<int32_t> failed_;  // keys whose capture failed: eager
+  size_t last_programmatic_edges_ = 0;
 };
 
 }  // namespace tandem
