@@ -24,8 +24,9 @@
 #                                 results.md to $OUT (default <bundle>/out).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-if [ "${1:-}" = "--device" ] && [ -d "$here/bin" ]; then
-  # Running the bundle's copy: the bundle is this script's folder, the repo root its parent.
+if [ "${1:-}" = "--device" ] && [ -f "$here/payload.tar.gz" ]; then
+  # Running the bundle's copy: the bundle is this script's folder, the repo root its parent. The
+  # binaries, libraries and test models travel compressed (the device tool carries 64 MiB).
   root=$(dirname "$here")
   bundle=$(basename "$here")
 else
@@ -33,6 +34,9 @@ else
   bundle=${TANDEM_BUNDLE_DIR:-.bundle}  # a folder of the repo root that git ignores
 fi
 cd "$root"
+if [ "${1:-}" = "--device" ] && [ ! -d "$bundle/bin" ] && [ -f "$bundle/payload.tar.gz" ]; then
+  tar -C "$bundle" -xzf "$bundle/payload.tar.gz"
+fi
 build=${TANDEM_GPU_BUILD_DIR:-build-gpu}  # any build dir configured like the one below
 
 if [ "${1:-}" != "--device" ]; then
@@ -61,6 +65,10 @@ if [ "${1:-}" != "--device" ]; then
   cp benchmarks/gpu/hf_generate_bench.py "$bundle/bin/"
   cp scripts/gpu-run.sh "$bundle/gpu-run.sh"
   cp benchmarks/gpu/sdpa_bench.py "$bundle/"
+  # Compressed: five binaries with their device code, the libraries and the models are ~77 MB
+  # unpacked, over what the device tool carries; ~31 MB packed. --device unpacks them.
+  tar -C "$bundle" -czf "$bundle/payload.tar.gz" bin lib testdata
+  rm -rf "$bundle/bin" "$bundle/lib" "$bundle/testdata"
   du -sh "$bundle"
   echo "Run on the GPU machine (repo root, carry $bundle):"
   echo "  bash $bundle/gpu-run.sh --device"
