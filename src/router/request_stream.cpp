@@ -7,17 +7,13 @@
 namespace tandem {
 
 void MergeOutputs(RequestOutput& into, RequestOutput next) {
-  into.new_tokens.insert(into.new_tokens.end(), std::make_move_iterator(next.new_tokens.begin()),
-                         std::make_move_iterator(next.new_tokens.end()));
-  into.finished = next.finished;
-  into.finish_reason = next.finish_reason;
-  into.status = std::move(next.status);
-  into.num_prompt_tokens = next.num_prompt_tokens;
-  into.num_cached_tokens = next.num_cached_tokens;
-  into.num_output_tokens = next.num_output_tokens;
-  into.queue_ms = next.queue_ms;
-  into.ttft_ms = next.ttft_ms;
-  into.tpot_ms = next.tpot_ms;
+  // Only the tokens accumulate; everything else (state, counts, every timing) is the later
+  // output's, so a field added to RequestOutput is never lost when outputs merge.
+  std::vector<TokenOutput> tokens = std::move(into.new_tokens);
+  tokens.insert(tokens.end(), std::make_move_iterator(next.new_tokens.begin()),
+                std::make_move_iterator(next.new_tokens.end()));
+  into = std::move(next);
+  into.new_tokens = std::move(tokens);
 }
 
 RequestStream::RequestStream(size_t max_queued) : max_queued_(std::max<size_t>(max_queued, 1)) {}

@@ -18,7 +18,8 @@
 
 namespace tandem {
 
-// Appends `next` (the later output of the same request) to `into`.
+// Appends `next` (the later output of the same request) to `into`: the tokens accumulate, every
+// other field (finish, counts, timings) becomes next's.
 void MergeOutputs(RequestOutput& into, RequestOutput next);
 
 class RequestStream {

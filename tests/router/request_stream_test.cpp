@@ -30,6 +30,36 @@ std::vector<TokenId> Flatten(const std::vector<RequestOutput>& outs) {
   return ids;
 }
 
+// A slow client gets merged outputs: the final one must keep every timing, the KV transfer's
+// included (it was dropped once, and a disaggregated request reported transfer_ms 0).
+TEST(RequestStreamTest, MergingKeepsTheLaterOutputsStateCountsAndEveryTiming) {
+  RequestOutput into = Tokens({1, 2});
+  into.queue_ms = 1;
+  into.ttft_ms = 2;
+  RequestOutput last = Tokens({3}, true);
+  last.num_prompt_tokens = 5;
+  last.num_cached_tokens = 4;
+  last.num_output_tokens = 3;
+  last.queue_ms = 0.5;
+  last.ttft_ms = 12.5;
+  last.tpot_ms = 1.25;
+  last.transfer_ms = 0.75;
+  last.status = InternalError("x");
+  MergeOutputs(into, last);
+  EXPECT_EQ(Flatten({into}), (std::vector<TokenId>{1, 2, 3}));
+  EXPECT_TRUE(into.finished);
+  EXPECT_EQ(into.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(into.status.code(), StatusCode::kInternal);
+  EXPECT_EQ(into.num_prompt_tokens, 5);
+  EXPECT_EQ(into.num_cached_tokens, 4);
+  EXPECT_EQ(into.num_output_tokens, 3);
+  EXPECT_EQ(into.queue_ms, 0.5);
+  EXPECT_EQ(into.ttft_ms, 12.5);
+  EXPECT_EQ(into.tpot_ms, 1.25);
+  EXPECT_EQ(into.transfer_ms, 0.75);
+  EXPECT_EQ(into.request_id, "r");
+}
+
 TEST(RequestStreamTest, PopReturnsWaitingOutputsInOrderAndNothingOnTimeout) {
   RequestStream stream(8);
   EXPECT_TRUE(stream.Pop(std::chrono::milliseconds(0)).empty());
