@@ -6,6 +6,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "backend/cuda/attention_launch_params.h"
 #include "backend/cuda/cuda_check.h"
 #include "common/half.h"
 #include "kernels/bias_add.cuh"
@@ -51,22 +52,10 @@ kernels::PagedAttentionParams WorkItemAttentionParams(const Tensor& q, const KvL
                                                       const DeviceAttentionView& view,
                                                       const AttentionParams& params,
                                                       const AttentionMetadata& meta) {
-  kernels::PagedAttentionParams p;
-  p.q = static_cast<const __nv_bfloat16*>(q.data);
-  p.k_cache = static_cast<const __nv_bfloat16*>(cache.k.data);
-  p.v_cache = static_cast<const __nv_bfloat16*>(cache.v.data);
-  p.out = static_cast<__nv_bfloat16*>(out.data);
-  p.block_tables = view.block_tables;
-  p.positions = view.positions;
+  auto p = PagedAttentionLaunchParams<kernels::PagedAttentionParams>(
+      q, cache, out, view.block_tables, view.positions, meta.max_blocks_per_seq, meta.block_size, params);
   p.work_items = view.work_items;
   p.num_work_items = view.num_work_items;
-  p.max_blocks_per_seq = meta.max_blocks_per_seq;
-  p.num_heads = params.num_heads;
-  p.num_kv_heads = params.num_kv_heads;
-  p.head_dim = params.head_dim;
-  p.block_size = meta.block_size;
-  p.sliding_window = params.sliding_window;
-  p.scale = params.scale;
   return p;
 }
 
@@ -440,24 +429,12 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
                      kernels::PagedDecodeAttentionSupports(params.head_dim, group);
   for (int32_t i = 0; decode_only && i <= meta.num_seqs; ++i) decode_only = meta.query_start[i] == i;
   if (decode_only) {
-    kernels::PagedDecodeAttentionParams p;
-    p.q = Bf16(q);
-    p.k_cache = Bf16(cache.k);
-    p.v_cache = Bf16(cache.v);
-    p.out = Bf16(out);
-    p.block_tables = view.block_tables;
-    p.positions = view.positions;
+    auto p = PagedAttentionLaunchParams<kernels::PagedDecodeAttentionParams>(
+        q, cache, out, view.block_tables, view.positions, meta.max_blocks_per_seq, meta.block_size, params);
     p.num_seqs = meta.num_seqs;
     p.kernel = DecodeAttentionKernel(params.head_dim);
     p.num_splits = kernels::PagedDecodeAttentionSplits(meta.num_seqs, params.num_kv_heads, view.max_position + 1,
                                                        num_sms_, p.kernel);
-    p.max_blocks_per_seq = meta.max_blocks_per_seq;
-    p.num_heads = params.num_heads;
-    p.num_kv_heads = params.num_kv_heads;
-    p.head_dim = params.head_dim;
-    p.block_size = meta.block_size;
-    p.sliding_window = params.sliding_window;
-    p.scale = params.scale;
     const size_t floats = kernels::PagedDecodeAttentionPartialFloats(meta.num_seqs, params.num_heads,
                                                                      params.head_dim, p.num_splits);
     if (floats > attention_partial_floats_) {

@@ -1,6 +1,7 @@
 // CudaBackend: decode-step graphs (see decode_graphs.h and Backend::RunDecodeGraph).
 #include <algorithm>
 
+#include "backend/cuda/attention_launch_params.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
 #include "kernels/paged_attention.cuh"
@@ -79,45 +80,21 @@ Status CudaBackend::StagedDecodeAttention(const Tensor& q, KvLayerView cache, co
   if (!kernels::PagedDecodeAttentionSupports(params.head_dim, group)) {
     // Head dims without a split-KV instance: the general kernel over the fixed work items
     // (one per sequence), whose grid depends on the batch size alone.
-    kernels::PagedAttentionParams p;
-    p.q = static_cast<const __nv_bfloat16*>(q.data);
-    p.k_cache = static_cast<const __nv_bfloat16*>(cache.k.data);
-    p.v_cache = static_cast<const __nv_bfloat16*>(cache.v.data);
-    p.out = static_cast<__nv_bfloat16*>(out.data);
-    p.block_tables = in.block_tables;
-    p.positions = in.positions;
+    auto p = PagedAttentionLaunchParams<kernels::PagedAttentionParams>(
+        q, cache, out, in.block_tables, in.positions, in.max_blocks_per_seq, graph_block_size_, params);
     p.work_items = decode_graphs_.decode_work_items();
     p.num_work_items = in.num_seqs;
-    p.max_blocks_per_seq = in.max_blocks_per_seq;
-    p.num_heads = params.num_heads;
-    p.num_kv_heads = params.num_kv_heads;
-    p.head_dim = params.head_dim;
-    p.block_size = graph_block_size_;
-    p.sliding_window = params.sliding_window;
-    p.scale = params.scale;
     TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedAttention(p, stream_));
     return OkStatus();
   }
-  kernels::PagedDecodeAttentionParams p;
-  p.q = static_cast<const __nv_bfloat16*>(q.data);
-  p.k_cache = static_cast<const __nv_bfloat16*>(cache.k.data);
-  p.v_cache = static_cast<const __nv_bfloat16*>(cache.v.data);
-  p.out = static_cast<__nv_bfloat16*>(out.data);
-  p.block_tables = in.block_tables;
-  p.positions = in.positions;
+  auto p = PagedAttentionLaunchParams<kernels::PagedDecodeAttentionParams>(
+      q, cache, out, in.block_tables, in.positions, in.max_blocks_per_seq, graph_block_size_, params);
   p.num_seqs = in.num_seqs;
   // Fixed for the batch size and table width (never from this step's lengths): the longest
   // context the tables can hold.
   p.kernel = DecodeAttentionKernel(params.head_dim);
   p.num_splits = kernels::PagedDecodeAttentionSplits(in.num_seqs, params.num_kv_heads,
                                                      in.max_blocks_per_seq * graph_block_size_, num_sms_, p.kernel);
-  p.max_blocks_per_seq = in.max_blocks_per_seq;
-  p.num_heads = params.num_heads;
-  p.num_kv_heads = params.num_kv_heads;
-  p.head_dim = params.head_dim;
-  p.block_size = graph_block_size_;
-  p.sliding_window = params.sliding_window;
-  p.scale = params.scale;
   TANDEM_CHECK_LE(kernels::PagedDecodeAttentionPartialFloats(in.num_seqs, params.num_heads, params.head_dim,
                                                              p.num_splits),
                   decode_graphs_.partial_floats());
