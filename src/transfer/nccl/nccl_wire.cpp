@@ -50,9 +50,8 @@ Status WaitComm(ncclComm_t comm, Millis timeout, const std::string& what) {
 Status CreatePairComms(const ncclUniqueId& id, int rank, Millis timeout, PairComms* comms) {
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
-  ncclUniqueId unique_id = id;
   TANDEM_RETURN_IF_ERROR(
-      NcclStatus(ncclCommInitRankConfig(&comms->setup, 2, unique_id, rank, &config), "ncclCommInitRankConfig"));
+      NcclStatus(ncclCommInitRankConfig(&comms->setup, 2, id, rank, &config), "ncclCommInitRankConfig"));
   TANDEM_RETURN_IF_ERROR(WaitComm(comms->setup, timeout, "communicator setup"));
   ncclConfig_t data_config = NCCL_CONFIG_INITIALIZER;
   data_config.blocking = 1;
