@@ -103,6 +103,16 @@ TEST(TcpKvTransportTest, RejectedHandshakeReachesTheSender) {
   EXPECT_TRUE(rec.failed.empty());  // never accepted: neither complete nor fail
 }
 
+TEST(TcpKvTransportTest, ListeningTwiceOrWithAnIncompleteHandlerIsRefused) {
+  TcpKvTransport receiver;
+  Recorder rec;
+  KvReceiveHandler partial = rec.Handler();
+  partial.fail = nullptr;
+  EXPECT_EQ(receiver.Listen("127.0.0.1:0", partial).status().code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(receiver.Listen("127.0.0.1:0", rec.Handler()).ok());
+  EXPECT_EQ(receiver.Listen("127.0.0.1:0", rec.Handler()).status().code(), StatusCode::kFailedPrecondition);
+}
+
 TEST(TcpKvTransportTest, NobodyListeningIsUnavailable) {
   // Bind a port, then close it: nothing listens there.
   TcpKvTransport probe;
