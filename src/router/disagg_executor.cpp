@@ -159,89 +159,48 @@ DisaggExecutor::Route DisaggExecutor::PlanRoute(std::span<const uint64_t> block_
   return route;
 }
 
-Status DisaggExecutor::ReserveDecode(const v1::WorkerRequest& proto, const std::vector<size_t>& order,
-                                     Flight& flight) {
+StatusOr<DisaggExecutor::Admitted> DisaggExecutor::Admit(Role role, const v1::WorkerRequest& proto,
+                                                        const std::vector<size_t>& order, AdmissionCall& call) {
+  const bool decode = role == Role::kDecode;
+  const std::string role_name = decode ? "decode" : "prefill";
   const std::string id = ClientRequestId(proto.request_id());  // for messages: the client's id
+  std::vector<std::unique_ptr<Worker>>& pool = decode ? decode_ : prefill_;
   int32_t num_tried = 0, num_refused = 0;
   std::string last_error;
-  for (size_t d : order) {
-    Worker& worker = *decode_[d];
+  for (size_t index : order) {
+    Worker& worker = *pool[index];
     if (!worker.up.load()) continue;  // went down since the plan
     ++num_tried;
-    flight.decode.reset();
-    flight.decode_context = std::make_unique<grpc::ClientContext>();
-    flight.decode = worker.stub->Decode(flight.decode_context.get(), proto);
-    v1::WorkerOutput first;
-    if (flight.decode->Read(&first) && first.accepted()) {
-      flight.decode_index = d;
-      flight.kv_endpoint = first.kv_endpoint();
-      return OkStatus();
-    }
-    const grpc::Status s = flight.decode->Finish();
-    flight.decode.reset();
-    if (s.ok()) return InternalError("decode worker " + worker.address + " did not accept '" + id + "'");
-    last_error = "decode worker " + worker.address + ": " + s.error_message();
+    call.stream.reset();
+    call.context = std::make_unique<grpc::ClientContext>();
+    call.stream = decode ? worker.stub->Decode(call.context.get(), proto)
+                         : worker.stub->Prefill(call.context.get(), proto);
+    Admitted admitted{index, {}};
+    if (call.stream->Read(&admitted.first) && admitted.first.accepted()) return admitted;
+    const grpc::Status s = call.stream->Finish();
+    call.stream.reset();
+    if (s.ok()) return InternalError(role_name + " worker " + worker.address + " did not accept '" + id + "'");
+    last_error = role_name + " worker " + worker.address + ": " + s.error_message();
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
-      // Its blocks are taken (the router's view was stale, or another router took them): next.
+      // No room there (the router's view was stale, or another router took it): next.
       ++num_refused;
-      spdlog::info("router: decode worker {} has no room for '{}' ({}); trying the next", worker.address,
-                   id, s.error_message());
+      spdlog::info("router: {} worker {} {} '{}' ({}); trying the next", role_name, worker.address,
+                   decode ? "has no room for" : "refused", id, s.error_message());
       continue;
     }
     if (IsWorkerGone(s.error_code())) {
-      MarkDown(worker, "decode", s.error_message());  // nothing was reserved there: next
+      MarkDown(worker, role_name, s.error_message());  // nothing was admitted there: next
       continue;
     }
     return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
   }
   if (num_refused > 0) {
-    return ResourceExhaustedError("no decode worker has KV room for request '" + id + "': " +
-                                  std::to_string(num_refused) + " of the " + std::to_string(num_tried) +
-                                  " decode workers tried refused (last: " + last_error + "); retry later");
+    return ResourceExhaustedError("no " + role_name + " worker " + (decode ? "has KV room for" : "admits") +
+                                  " request '" + id + "': " + std::to_string(num_refused) + " of the " +
+                                  std::to_string(num_tried) + " " + role_name + " workers tried refused (last: " +
+                                  last_error + "); retry later");
   }
-  return UnavailableError("no decode worker is up" +
-                          (last_error.empty() ? std::string() : " (last error: " + last_error + ")"));
-}
-
-Status DisaggExecutor::StartPrefill(const v1::WorkerRequest& proto, const std::vector<size_t>& order,
-                                    Flight& flight) {
-  const std::string id = ClientRequestId(proto.request_id());  // for messages: the client's id
-  int32_t num_tried = 0, num_refused = 0;
-  std::string last_error;
-  for (size_t p : order) {
-    Worker& worker = *prefill_[p];
-    if (!worker.up.load()) continue;
-    ++num_tried;
-    flight.prefill.reset();
-    flight.prefill_context = std::make_unique<grpc::ClientContext>();
-    flight.prefill = worker.stub->Prefill(flight.prefill_context.get(), proto);
-    v1::WorkerOutput admitted;
-    if (flight.prefill->Read(&admitted) && admitted.accepted()) {
-      flight.prefill_index = p;
-      return OkStatus();
-    }
-    const grpc::Status s = flight.prefill->Finish();
-    flight.prefill.reset();
-    if (s.ok()) return InternalError("prefill worker " + worker.address + " did not accept '" + id + "'");
-    last_error = "prefill worker " + worker.address + ": " + s.error_message();
-    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
-      ++num_refused;
-      spdlog::info("router: prefill worker {} refused '{}' ({}); trying the next", worker.address, id,
-                   s.error_message());
-      continue;
-    }
-    if (IsWorkerGone(s.error_code())) {
-      MarkDown(worker, "prefill", s.error_message());
-      continue;
-    }
-    return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
-  }
-  if (num_refused > 0) {
-    return ResourceExhaustedError("no prefill worker admits request '" + id + "': " +
-                                  std::to_string(num_refused) + " of the " + std::to_string(num_tried) +
-                                  " prefill workers tried refused (last: " + last_error + "); retry later");
-  }
-  return UnavailableError("no prefill worker is up" +
+  return UnavailableError("no " + role_name + " worker is up" +
                           (last_error.empty() ? std::string() : " (last error: " + last_error + ")"));
 }
 
@@ -287,14 +246,22 @@ Status DisaggExecutor::Submit(Request request, OutputCallback on_output) {
 
   // 1. Reserve the KV blocks on a decode worker; 2. admit the prefill, which pushes the KV there.
   auto flight = std::make_shared<Flight>();
-  TANDEM_RETURN_IF_ERROR(ReserveDecode(proto, route.decode_order, *flight));
+  AdmissionCall decode_call, prefill_call;
+  TANDEM_ASSIGN_OR_RETURN(Admitted reserved, Admit(Role::kDecode, proto, route.decode_order, decode_call));
+  flight->decode_index = reserved.index;
+  flight->kv_endpoint = reserved.first.kv_endpoint();
+  flight->decode_context = std::move(decode_call.context);
+  flight->decode = std::move(decode_call.stream);
   proto.set_kv_endpoint(flight->kv_endpoint);
-  Status prefilling = StartPrefill(proto, route.prefill_order, *flight);
+  StatusOr<Admitted> prefilling = Admit(Role::kPrefill, proto, route.prefill_order, prefill_call);
   if (!prefilling.ok()) {
     flight->decode_context->TryCancel();  // frees the reservation
     Drain(*flight->decode);
-    return prefilling;
+    return prefilling.status();
   }
+  flight->prefill_index = prefilling->index;
+  flight->prefill_context = std::move(prefill_call.context);
+  flight->prefill = std::move(prefill_call.stream);
   flight->worker_request_id = proto.request_id();
   flight->on_output = std::move(on_output);
   Worker& decode = *decode_[flight->decode_index];

@@ -107,9 +107,21 @@ class DisaggExecutor final : public Executor {
   // A snapshot of every worker's load, ranked by the policy (router/worker_picker.h).
   Route PlanRoute(std::span<const uint64_t> block_hashes, int64_t num_prompt_tokens,
                   const DecodeDemand& demand);
-  // Admission on one pool, trying workers in `order`: OK sets the flight's call and index.
-  Status ReserveDecode(const v1::WorkerRequest& proto, const std::vector<size_t>& order, Flight& flight);
-  Status StartPrefill(const v1::WorkerRequest& proto, const std::vector<size_t>& order, Flight& flight);
+  enum class Role { kPrefill, kDecode };
+  // One admission call: its context (first: the stream is destroyed before it) and stream.
+  struct AdmissionCall {
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::ClientReader<v1::WorkerOutput>> stream;
+  };
+  struct Admitted {
+    size_t index;            // the worker in its pool
+    v1::WorkerOutput first;  // its acceptance (a decode worker's carries the KV endpoint)
+  };
+  // Admission on one pool (decode: the KV reservation; prefill: the prompt), trying the workers in
+  // `order` until one accepts: a refusal for room (RESOURCE_EXHAUSTED) or a worker gone moves on;
+  // any other error ends the admission. OK leaves the accepted call in `call`.
+  StatusOr<Admitted> Admit(Role role, const v1::WorkerRequest& proto, const std::vector<size_t>& order,
+                           AdmissionCall& call);
   // Logs a change of a worker's health; a worker that goes down loses its load view (and a prefill
   // worker its affinity memory): back, it is a new process.
   void MarkDown(Worker& worker, const std::string& role, const std::string& why);
