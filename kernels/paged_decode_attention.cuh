@@ -21,7 +21,11 @@
 // never written by a kernel of the step) and, at head dims 64/128, issues the cp.async loads of its
 // first tiles whose keys all lie before the query's position: the kernel before it (RoPE) writes
 // only the query's own key (position `positions[seq]`) and q. A tile holding that key, q, the
-// outputs, the workspace and the counters are read or written only after the wait.
+// outputs, the workspace and the counters are read or written only after the wait. This relies on
+// the caller's order: every other write of this K/V (earlier steps, block copies, KV transfer) is
+// ordered before a plainly launched kernel of the step (the embedding), so it completed before any
+// programmatic kernel after it started; and no other sequence of the batch writes into a block
+// this sequence reads (a decode token goes into a block its sequence alone holds).
 // Head dims 64, 128, 256 and groups of up to 8 query heads per KV head (others: paged_attention).
 #pragma once
 
