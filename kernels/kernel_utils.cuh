@@ -54,14 +54,15 @@ __device__ __forceinline__ void AllowDependentLaunch() {
 #endif
 }
 
-// Launches kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent when asked.
+// Launches kernel<<<grid, block, smem_bytes, stream>>>(args...), as a programmatic dependent when
+// asked.
 template <typename... Params, typename... Args>
-cudaError_t LaunchKernel(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                         Args&&... args) {
+cudaError_t LaunchKernelWithSmem(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block,
+                                 size_t smem_bytes, cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = smem_bytes;
   config.stream = stream;
   cudaLaunchAttribute attribute[1];
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -69,6 +70,13 @@ cudaError_t LaunchKernel(bool programmatic, void (*kernel)(Params...), dim3 grid
   config.attrs = attribute;
   config.numAttrs = programmatic ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+// Launches kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent when asked.
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                         Args&&... args) {
+  return LaunchKernelWithSmem(programmatic, kernel, grid, block, 0, stream, std::forward<Args>(args)...);
 }
 
 inline unsigned int CeilDiv(long long a, long long b) { return static_cast<unsigned int>((a + b - 1) / b); }

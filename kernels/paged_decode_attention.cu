@@ -35,6 +35,7 @@ __device__ __forceinline__ float Rescale(float m, float m_ref) { return m == -IN
 // nothing in the combine.
 struct KeyRange {
   int32_t r0, r1;
+  int32_t pos;  // the query's position: its key is the one the step's RoPE kernel writes
 };
 __device__ __forceinline__ KeyRange SplitKeys(const PagedDecodeAttentionParams& p, int32_t seq, int32_t split) {
   const int32_t pos = p.positions[seq];
@@ -43,7 +44,7 @@ __device__ __forceinline__ KeyRange SplitKeys(const PagedDecodeAttentionParams& 
   int32_t split_len = max(kMinKeysPerSplit, (len + p.num_splits - 1) / p.num_splits);
   split_len = (split_len + kTileKeys - 1) / kTileKeys * kTileKeys;
   const int32_t r0 = first + split * split_len;
-  return {r0, min(pos + 1, r0 + split_len)};
+  return {r0, min(pos + 1, r0 + split_len), pos};
 }
 
 // Merges the CTA's per-warp states (s_acc[w][h][d] over kHs head slots, s_m and s_l [w][h]) and
@@ -81,6 +82,75 @@ __device__ __forceinline__ void MergeWarpsAndStore(const PagedDecodeAttentionPar
   }
 }
 
+// Shared floats CombineIfLastSplit needs as scratch for kHs head slots.
+template <int kHs>
+constexpr int kCombineScratchFloats = 2 * kHs * kMaxSplits + kHs;
+
+// In-kernel combine (p.split_counters, 2 <= num_splits <= kMaxSplits), after MergeWarpsAndStore
+// wrote this split's partial state: the split CTA of (seq, kv_head) that counts last combines every
+// split's state into the output ("last block reduces") and re-arms the counter to 0. `scratch` is
+// shared memory of kCombineScratchFloats<kHs> floats that no thread reads any more (the merge's).
+// Same arithmetic as CombineSplitsKernel: m_all = max m_s, out = sum a_s f_s / sum l_s f_s with
+// f_s = exp2(m_s - m_all), splits in order, so the result does not depend on which CTA combines.
+template <int kD, int kHs>
+__device__ __forceinline__ void CombineIfLastSplit(const PagedDecodeAttentionParams& p, float* scratch, int32_t seq,
+                                                   int32_t kv_head) {
+  __threadfence();  // this thread's partial stores are visible device-wide before the CTA counts
+  __syncthreads();  // ... for every thread of the CTA (and every thread is done reading the scratch)
+  int32_t* counter = p.split_counters + static_cast<int64_t>(seq) * p.num_kv_heads + kv_head;
+  bool last = false;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == p.num_splits - 1;
+  if (!__syncthreads_or(last)) return;
+  __threadfence();  // the other splits' states are read after their counts were seen
+
+  const int32_t group = p.num_heads / p.num_kv_heads;
+  const int32_t ns = p.num_splits;
+  float* s_f = scratch;                        // [kHs][kMaxSplits]: m_s, then f_s
+  float* s_ls = scratch + kHs * kMaxSplits;    // [kHs][kMaxSplits]: l_s
+  float* s_sum = s_ls + kHs * kMaxSplits;      // [kHs]: sum l_s f_s
+  // Partial rows of this KV head's query heads: ((seq * num_heads + head) * ns + split) * (kD + 2).
+  const float* rows = p.partial + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group) * ns * (kD + 2);
+  for (int i = threadIdx.x; i < group * ns; i += blockDim.x) {
+    const float* part = rows + static_cast<int64_t>(i) * (kD + 2);  // head i / ns, split i % ns
+    s_f[(i / ns) * kMaxSplits + i % ns] = __ldcg(part + kD);
+    s_ls[(i / ns) * kMaxSplits + i % ns] = __ldcg(part + kD + 1);
+  }
+  __syncthreads();
+  if (static_cast<int32_t>(threadIdx.x) < group) {
+    float* f = s_f + threadIdx.x * kMaxSplits;
+    const float* l = s_ls + threadIdx.x * kMaxSplits;
+    float m_all = -INFINITY;
+    for (int s = 0; s < ns; ++s) m_all = fmaxf(m_all, f[s]);
+    float sum = 0.0f;
+    for (int s = 0; s < ns; ++s) {
+      f[s] = Rescale(f[s], m_all);
+      sum += l[s] * f[s];
+    }
+    s_sum[threadIdx.x] = sum;
+  }
+  __syncthreads();
+  // Two dims per thread and step (8-byte loads: kD + 2 and d are even).
+  for (int i = threadIdx.x; i < group * (kD / 2); i += blockDim.x) {
+    const int h = i / (kD / 2);
+    const int d = 2 * (i % (kD / 2));
+    const float* part = rows + static_cast<int64_t>(h) * ns * (kD + 2) + d;
+    const float* f = s_f + h * kMaxSplits;
+    float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll 4
+    for (int s = 0; s < ns; ++s) {
+      const float2 v = __ldcg(reinterpret_cast<const float2*>(part + static_cast<int64_t>(s) * (kD + 2)));
+      a0 += v.x * f[s];
+      a1 += v.y * f[s];
+    }
+    const float sum = s_sum[h];
+    __nv_bfloat16* out = p.out + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group + h) * kD + d;
+    out[0] = __float2bfloat16_rn(sum > 0.0f ? a0 / sum : 0.0f);
+    out[1] = __float2bfloat16_rn(sum > 0.0f ? a1 / sum : 0.0f);
+  }
+  // Every split of this (seq, kv_head) has counted: the next launch on the buffer starts from 0.
+  if (threadIdx.x == 0) *counter = 0;
+}
+
 // ---- CUDA-core kernel (head dim 256; the "before" of the tensor-core kernel in benchmarks) ----
 
 // kD: head dim; kG: query heads per KV head this instance holds (the runtime group is <= kG).
@@ -104,8 +174,10 @@ __global__ void __launch_bounds__(kThreads) CudaCoreDecodeKernel(PagedDecodeAtte
   const int32_t seq = blockIdx.z;
   const int32_t group = p.num_heads / p.num_kv_heads;
 
-  const KeyRange range = SplitKeys(p, seq, split);
+  AllowDependentLaunch();
+  const KeyRange range = SplitKeys(p, seq, split);  // positions: uploaded before the step
   const int32_t r0 = range.r0, r1 = range.r1;
+  WaitForPrerequisiteGrids();  // q and the query's own K/V come from the kernel before (PDL only)
 
   // This lane's 8 dims of every query head, scaled so scores are in log2 units.
   float q[kG][8];
@@ -223,6 +295,8 @@ __global__ void __launch_bounds__(kThreads) CudaCoreDecodeKernel(PagedDecodeAtte
   __syncthreads();
 
   MergeWarpsAndStore<kD, kG>(p, &s_acc[0][0][0], &s_m[0][0], &s_l[0][0], seq, kv_head, split);
+  static_assert(kCombineScratchFloats<kG> <= kWarps * kG * kD);
+  if (p.split_counters != nullptr && p.num_splits > 1) CombineIfLastSplit<kD, kG>(p, &s_acc[0][0][0], seq, kv_head);
 }
 
 // ---- tensor-core kernel (head dims 64, 128) ----
@@ -258,6 +332,9 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
   const int32_t kv_head = blockIdx.y;
   const int32_t seq = blockIdx.z;
   const int32_t group = p.num_heads / p.num_kv_heads;
+  AllowDependentLaunch();
+  // Until WaitForPrerequisiteGrids (PDL only): positions, tables and the K/V of keys before the
+  // query's position, nothing else (see paged_decode_attention.cuh).
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
   // Blocks of a multiple of 16 keys hold whole tiles: one table lookup per tile, prefetched a tile ahead.
   const bool whole_tiles = p.block_size % kTileKeys == 0;
@@ -273,18 +350,6 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
   }
   const KeyRange range = SplitKeys(p, seq, split);
   const int32_t r0 = range.r0, r1 = range.r1;
-
-  // Q of head g as A fragments (k chunks of 16 dims): cols 2t, 2t+1 and 2t+8, 2t+9.
-  uint32_t qa[kD / 16][2];
-  {
-    const bool head_ok = g < group;
-    const __nv_bfloat16* q_row = p.q + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group + (head_ok ? g : 0)) * kD;
-#pragma unroll
-    for (int kc = 0; kc < kD / 16; ++kc) {
-      qa[kc][0] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t) : 0u;
-      qa[kc][1] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t + 8) : 0u;
-    }
-  }
   const float q_scale = p.scale * kLog2e;
   float o[kD / 8][4];
 #pragma unroll
@@ -330,18 +395,51 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
   const uint32_t v_lane = ((mat & 1) * 8 + mrow) * (kD * 2);   // V: matrices (keys 0-7 | 8-15) x (dims 16n | 16n+8)
   const int v_chunk = mat >> 1;
 
+  // The first tiles, issued before the wait when programmatic, except a tile holding the query's
+  // own key (written by the kernel before): only the sequence's last tile can, so only this warp's
+  // last tile (n_tiles - 1). It is issued after the wait in a commit group of its own, and the
+  // iteration that reads it waits for every group.
+  int32_t deferred = -1;
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
-    if (i < n_tiles) issue(i, early ? early_block[i] : tile_block(i));
+    if (i < n_tiles) {
+      if (!p.programmatic || tile_key(i) + kTileKeys <= range.pos) {
+        issue(i, early ? early_block[i] : tile_block(i));
+      } else {
+        deferred = i;
+      }
+    }
     CpAsyncCommit();
   }
   int32_t next_block = kStages - 1 < n_tiles ? (early ? early_block[kStages - 1] : tile_block(kStages - 1)) : 0;
+  WaitForPrerequisiteGrids();  // q and the query's own K/V come from the kernel before (PDL only)
+  if (deferred >= 0) {
+    issue(deferred, tile_block(deferred));
+    CpAsyncCommit();
+  }
+
+  // Q of head g as A fragments (k chunks of 16 dims): cols 2t, 2t+1 and 2t+8, 2t+9.
+  uint32_t qa[kD / 16][2];
+  {
+    const bool head_ok = g < group;
+    const __nv_bfloat16* q_row = p.q + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group + (head_ok ? g : 0)) * kD;
+#pragma unroll
+    for (int kc = 0; kc < kD / 16; ++kc) {
+      qa[kc][0] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t) : 0u;
+      qa[kc][1] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t + 8) : 0u;
+    }
+  }
+
   for (int32_t i = 0; i < n_tiles; ++i) {
     const int32_t ahead = i + kStages - 1;
     if (ahead < n_tiles) issue(ahead, next_block);
     CpAsyncCommit();
     if (ahead + 1 < n_tiles) next_block = tile_block(ahead + 1);
-    CpAsyncWait<kStages - 1>();
+    if (i == deferred) {
+      CpAsyncWait<0>();  // the deferred tile's group is younger than the kStages - 1 allowed pending
+    } else {
+      CpAsyncWait<kStages - 1>();
+    }
     __syncwarp();
     const uint32_t k_tile = ring + (i % kStages) * 2 * S::kTileBytes;
     const uint32_t v_tile = k_tile + S::kTileBytes;
@@ -409,11 +507,17 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
   }
   __syncthreads();
   MergeWarpsAndStore<kD, 8>(p, s_acc, s_m, s_l, seq, kv_head, split);
+  static_assert(kCombineScratchFloats<8> * sizeof(float) <= S::kSmemBytes);
+  if (p.split_counters != nullptr && p.num_splits > 1) {
+    CombineIfLastSplit<kD, 8>(p, reinterpret_cast<float*>(smem), seq, kv_head);
+  }
 }
 
 // One CTA per (sequence, head), one thread per dim: combines the splits' partial states.
 template <int kD>
 __global__ void __launch_bounds__(kD) CombineSplitsKernel(PagedDecodeAttentionParams p) {
+  AllowDependentLaunch();
+  WaitForPrerequisiteGrids();  // the partial states come from the kernel before (PDL only)
   const int64_t row = blockIdx.x;  // seq * num_heads + head
   const float* part = p.partial + row * p.num_splits * (kD + 2);
   float m_all = -INFINITY;
@@ -428,22 +532,21 @@ __global__ void __launch_bounds__(kD) CombineSplitsKernel(PagedDecodeAttentionPa
   p.out[row * kD + threadIdx.x] = __float2bfloat16_rn(sum > 0.0f ? a / sum : 0.0f);
 }
 
+// The combine kernel, unless there is one split or the attention kernel combined in itself.
 cudaError_t LaunchCombine(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
-  if (p.num_splits == 1) return cudaSuccess;
+  if (p.num_splits == 1 || p.split_counters != nullptr) return cudaSuccess;
   const unsigned int rows = static_cast<unsigned int>(p.num_seqs) * p.num_heads;
   switch (p.head_dim) {
-    case 64: CombineSplitsKernel<64><<<rows, 64, 0, stream>>>(p); break;
-    case 128: CombineSplitsKernel<128><<<rows, 128, 0, stream>>>(p); break;
-    default: CombineSplitsKernel<256><<<rows, 256, 0, stream>>>(p); break;
+    case 64: return LaunchKernel(p.programmatic, CombineSplitsKernel<64>, dim3(rows), dim3(64), stream, p);
+    case 128: return LaunchKernel(p.programmatic, CombineSplitsKernel<128>, dim3(rows), dim3(128), stream, p);
+    default: return LaunchKernel(p.programmatic, CombineSplitsKernel<256>, dim3(rows), dim3(256), stream, p);
   }
-  return cudaGetLastError();
 }
 
 template <int kD, int kG>
 cudaError_t LaunchCudaCore(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_splits, p.num_kv_heads, p.num_seqs);
-  CudaCoreDecodeKernel<kD, kG><<<grid, kThreads, 0, stream>>>(p);
-  const cudaError_t err = cudaGetLastError();
+  const cudaError_t err = LaunchKernel(p.programmatic, CudaCoreDecodeKernel<kD, kG>, grid, dim3(kThreads), stream, p);
   return err != cudaSuccess ? err : LaunchCombine(p, stream);
 }
 
@@ -463,8 +566,7 @@ cudaError_t LaunchTensorCore(const PagedDecodeAttentionParams& p, cudaStream_t s
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
   if (err != cudaSuccess) return err;
   const dim3 grid(p.num_splits, p.num_kv_heads, p.num_seqs);
-  TensorCoreDecodeKernel<kD, kStages><<<grid, kThreads, kBytes, stream>>>(p);
-  err = cudaGetLastError();
+  err = LaunchKernelWithSmem(p.programmatic, TensorCoreDecodeKernel<kD, kStages>, grid, dim3(kThreads), kBytes, stream, p);
   return err != cudaSuccess ? err : LaunchCombine(p, stream);
 }
 
@@ -506,7 +608,16 @@ size_t PagedDecodeAttentionPartialFloats(int32_t num_seqs, int32_t num_heads, in
   return static_cast<size_t>(num_seqs) * num_heads * num_splits * (head_dim + 2);
 }
 
-cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
+size_t PagedDecodeAttentionSplitCounters(int32_t num_seqs, int32_t num_kv_heads) {
+  return static_cast<size_t>(std::max(0, num_seqs)) * std::max(0, num_kv_heads);
+}
+
+bool PagedDecodeAttentionCombinesInKernel(int32_t num_splits) { return num_splits > 1 && num_splits <= kMaxSplits; }
+
+cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& params, cudaStream_t stream) {
+  PagedDecodeAttentionParams p = params;
+  // Counters only where the kernel combines (its scratch holds kMaxSplits states per head).
+  if (!PagedDecodeAttentionCombinesInKernel(p.num_splits)) p.split_counters = nullptr;
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.num_splits < 1) return cudaErrorInvalidValue;
   if (!PagedDecodeAttentionSupports(p.head_dim, p.num_heads / p.num_kv_heads)) return cudaErrorInvalidValue;
   if (p.num_splits > 1 && p.partial == nullptr) return cudaErrorInvalidValue;

@@ -10,8 +10,22 @@
 // mma.sync (the group's query heads are the rows of the m16 tile). Head dim 256 takes the CUDA-core
 // kernel: a warp reads one key row with 16-byte loads into registers. When a sequence's keys are split
 // over several CTAs (few sequences, long contexts), each writes an unnormalized partial result to
-// `partial` and a second kernel combines them; splits beyond a sequence's keys are empty and exit
-// at once. The grid depends only on (num_splits, num_kv_heads, num_seqs), never on lengths.
+// `partial` and a second kernel combines them — or, with `split_counters`, the split CTA of a
+// (sequence, KV head) that finishes last combines them itself (no second kernel); splits beyond a
+// sequence's keys are empty and exit at once. The grid depends only on (num_splits, num_kv_heads,
+// num_seqs), never on lengths.
+//
+// Programmatic launch (`programmatic`, Hopper): the attention kernel and the combine kernel launch
+// as programmatic dependents (kernels/kernel_utils.cuh). Before griddepcontrol.wait the attention
+// kernel reads only the positions and block tables (uploaded by a copy before the step's kernels,
+// never written by a kernel of the step) and, at head dims 64/128, issues the cp.async loads of its
+// first tiles whose keys all lie before the query's position: the kernel before it (RoPE) writes
+// only the query's own key (position `positions[seq]`) and q. A tile holding that key, q, the
+// outputs, the workspace and the counters are read or written only after the wait. This relies on
+// the caller's order: every other write of this K/V (earlier steps, block copies, KV transfer) is
+// ordered before a plainly launched kernel of the step (the embedding), so it completed before any
+// programmatic kernel after it started; and no other sequence of the batch writes into a block
+// this sequence reads (a decode token goes into a block its sequence alone holds).
 // Head dims 64, 128, 256 and groups of up to 8 query heads per KV head (others: paged_attention).
 #pragma once
 
@@ -45,6 +59,13 @@ int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32
 // Floats of `partial` the launch needs (0 when num_splits == 1).
 size_t PagedDecodeAttentionPartialFloats(int32_t num_seqs, int32_t num_heads, int32_t head_dim, int32_t num_splits);
 
+// Int32 counters `split_counters` must hold for the in-kernel combine: one per (sequence, KV head).
+size_t PagedDecodeAttentionSplitCounters(int32_t num_seqs, int32_t num_kv_heads);
+
+// Whether a launch with these splits combines in the kernel when given `split_counters` (num_splits
+// in 2..64); otherwise the combine kernel runs as without counters.
+bool PagedDecodeAttentionCombinesInKernel(int32_t num_splits);
+
 struct PagedDecodeAttentionParams {
   const __nv_bfloat16* q = nullptr;        // [num_seqs, num_heads * head_dim]
   const __nv_bfloat16* k_cache = nullptr;  // [num_blocks, num_kv_heads, block_size, head_dim]
@@ -53,6 +74,11 @@ struct PagedDecodeAttentionParams {
   const int32_t* block_tables = nullptr;   // device [num_seqs, max_blocks_per_seq]
   const int32_t* positions = nullptr;      // device [num_seqs]: the query's position (context - 1)
   float* partial = nullptr;                // device workspace, PagedDecodeAttentionPartialFloats
+  // Optional, device [num_seqs * num_kv_heads], all zero before the launch and left zero after it
+  // (the combining CTA re-arms its counter, so a captured graph replays with the same buffer): the
+  // last split CTA of each (sequence, KV head) combines the partial states instead of a second
+  // kernel. Launches on one buffer must be stream-ordered (or programmatic: they wait first).
+  int32_t* split_counters = nullptr;
   int32_t num_seqs = 0;
   int32_t num_splits = 1;
   int32_t max_blocks_per_seq = 0;
@@ -63,6 +89,7 @@ struct PagedDecodeAttentionParams {
   int32_t sliding_window = 0;  // 0: none
   float scale = 1.0f;
   PagedDecodeKernel kernel = PagedDecodeKernel::kAuto;
+  bool programmatic = false;  // programmatic dependent launch (see above); no effect before sm_90
 };
 
 // cudaErrorInvalidValue for an unsupported shape (or kernel choice) or a missing workspace.

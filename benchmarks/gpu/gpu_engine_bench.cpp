@@ -11,7 +11,7 @@
 // GPU is not counted as CPU time).
 //
 //   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only]
-//                    [--cuda-core-decode-attention] [--kernel-ab]
+//                    [--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention]
 // --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
 // every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
 // the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
@@ -22,7 +22,11 @@
 // policy (CudaBackendOptions::cuda_core_decode_attention), the "before" of the tensor-core kernel.
 // --kernel-ab: every decode batch is measured under each kernel variant of kVariants (small-batch
 // fusion, programmatic launch, GEMV columns per warp; CudaBackend::SetKernelOptions), interleaved on
-// the same engine, the first being the kernels as they were before fusion and PDL.
+// the same engine, the first being the kernels as they were before fusion and PDL; the last two add
+// the small-batch decode attention switches (PDL, then PDL + in-kernel combine).
+// --small-batch-attention: decode attention of <= 4 sequences launched programmatically with the
+// in-kernel split combine (CudaBackendOptions::programmatic_decode_attention and
+// decode_attention_combines_in_kernel; both off by default) for the whole run.
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
 #include <cuda_runtime_api.h>
 #include <spdlog/spdlog.h>
@@ -326,6 +330,7 @@ struct KernelVariant {
   const char* name;
   bool fuse, programmatic;
   int columns_per_warp;
+  bool attention_programmatic = false, attention_combines_in_kernel = false;
 };
 constexpr KernelVariant kVariants[] = {
     {"unfused, plain launch, 1 column/warp (before)", false, false, 1},
@@ -333,7 +338,11 @@ constexpr KernelVariant kVariants[] = {
     {"unfused, PDL", false, true, 0},
     {"fused, plain launch", true, false, 0},
     {"fused, PDL (default)", true, true, 0},
+    {"fused, PDL, attention PDL", true, true, 0, true, false},
+    {"fused, PDL, attention PDL + in-kernel combine", true, true, 0, true, true},
 };
+constexpr size_t kDefaultVariant = 4;
+constexpr size_t kSmallBatchAttentionVariant = 6;
 
 struct StepRow {
   std::string variant;
@@ -457,7 +466,7 @@ Status RunAttentionOnly(const std::filesystem::path& config_path) {
 }
 
 Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs,
-           bool cuda_core_attention, bool kernel_ab) {
+           bool cuda_core_attention, bool kernel_ab, bool small_batch_attention) {
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -467,6 +476,8 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   CudaBackendOptions bo;
   bo.gpu_memory_utilization = 0.95;
   bo.cuda_core_decode_attention = cuda_core_attention;
+  bo.programmatic_decode_attention = small_batch_attention;
+  bo.decode_attention_combines_in_kernel = small_batch_attention;
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> owned, CudaBackend::Create(bo));
   CudaBackend& backend = *owned;
   cudaDeviceProp prop{};
@@ -481,7 +492,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   const double t_micro = WallNow();
 
   const int max_batch = batches.back();
-  std::vector<KernelVariant> variants = {kVariants[std::size(kVariants) - 1]};
+  std::vector<KernelVariant> variants = {kVariants[small_batch_attention ? kSmallBatchAttentionVariant : kDefaultVariant]};
   if (kernel_ab) variants.assign(std::begin(kVariants), std::end(kVariants));
   const int measured_steps = 10;
   // Every batch, every variant: one step that captures its graph, one replay, the measured steps.
@@ -543,6 +554,8 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       ko.fuse_small_batch = v.fuse;
       ko.programmatic_launch = v.programmatic;
       ko.small_m_gemv_columns_per_warp = v.columns_per_warp;
+      ko.programmatic_decode_attention = v.attention_programmatic;
+      ko.decode_attention_combines_in_kernel = v.attention_combines_in_kernel;
       backend.SetKernelOptions(ko);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
       StepTimes t;
@@ -560,10 +573,11 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
   const double t_end = WallNow();
 
   const double weight_bytes = static_cast<double>(WeightBytes(config));
-  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling, decode graphs %s, %s decode attention "
+  std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling, decode graphs %s, %s decode attention%s "
               "(%s, %d SMs, %.1f GiB)\n\n",
               config_path.filename().c_str(), host_sampling ? "host" : "device", cuda_graphs ? "on" : "off",
-              cuda_core_attention ? "CUDA-core" : "tensor-core", prop.name,
+              cuda_core_attention ? "CUDA-core" : "tensor-core",
+              small_batch_attention ? " (<= 4 seqs: PDL + in-kernel combine)" : "", prop.name,
               prop.multiProcessorCount,
               static_cast<double>(prop.totalGlobalMem) / (1 << 30));
   std::printf("wall: micro-benchmarks %.0f s, engine load %.0f s, engine phases %.0f s\n\n",
@@ -621,6 +635,7 @@ int main(int argc, char** argv) {
   bool attention_only = false;
   bool cuda_core_attention = false;
   bool kernel_ab = false;
+  bool small_batch_attention = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
@@ -637,16 +652,18 @@ int main(int argc, char** argv) {
       cuda_core_attention = true;
     } else if (a == "--kernel-ab") {
       kernel_ab = true;
+    } else if (a == "--small-batch-attention") {
+      small_batch_attention = true;
     } else {
       std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only] "
-                   "[--cuda-core-decode-attention] [--kernel-ab]\n");
+                   "[--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention]\n");
       return 2;
     }
   }
   spdlog::set_level(spdlog::level::warn);
   const tandem::Status s = attention_only ? tandem::RunAttentionOnly(config)
                                           : tandem::Run(config, quick, host_sampling, cuda_graphs, cuda_core_attention,
-                                                        kernel_ab);
+                                                        kernel_ab, small_batch_attention);
   if (!s.ok()) {
     std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
     return 1;

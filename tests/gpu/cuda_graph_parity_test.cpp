@@ -44,7 +44,9 @@ struct Runner {
   std::unique_ptr<KvCache> cache;
 };
 
-Runner MakeRunner(const std::string& name, Mode mode) {
+// small_batch_attention: CudaBackendOptions::programmatic_decode_attention and
+// decode_attention_combines_in_kernel on (batches of <= 4 sequences).
+Runner MakeRunner(const std::string& name, Mode mode, bool small_batch_attention) {
   Runner r;
   const auto dir = gpu_testing::GpuModelDir(name);
   auto config = LoadModelConfig(dir);
@@ -54,7 +56,7 @@ Runner MakeRunner(const std::string& name, Mode mode) {
     return r;
   }
   r.weights = std::move(weights).value();
-  r.backend = gpu_testing::MakeGpuBackend(0.3);
+  r.backend = gpu_testing::MakeGpuBackend(gpu_testing::GpuBackendOptions(0.3, small_batch_attention));
   if (!r.backend) return r;
   auto model = LlamaModel::Load(*config, *r.weights, *r.backend, 4096);
   EXPECT_TRUE(model.ok()) << model.status().ToString();
@@ -147,12 +149,17 @@ float TopTwoMargin(const float* row, int64_t n) {
   return v[0] - v[1];
 }
 
-class CudaGraphParityTest : public ::testing::TestWithParam<std::string> {};
+// (model, small-batch decode attention switches on).
+class CudaGraphParityTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {
+ protected:
+  const std::string& Model() const { return std::get<0>(GetParam()); }
+  bool SmallBatchAttention() const { return std::get<1>(GetParam()); }
+};
 
 TEST_P(CudaGraphParityTest, GraphReplayEqualsEagerDecodeAcrossBucketsJoinsAndLeaves) {
-  Runner graph = MakeRunner(GetParam(), Mode::kGraph);
-  Runner padded = MakeRunner(GetParam(), Mode::kPaddedEager);
-  Runner eager = MakeRunner(GetParam(), Mode::kEager);
+  Runner graph = MakeRunner(Model(), Mode::kGraph, SmallBatchAttention());
+  Runner padded = MakeRunner(Model(), Mode::kPaddedEager, SmallBatchAttention());
+  Runner eager = MakeRunner(Model(), Mode::kEager, SmallBatchAttention());
   ASSERT_TRUE(graph.cache && padded.cache && eager.cache);
   ASSERT_TRUE(graph.model->decode_graphs_enabled());
   const int64_t vocab = graph.model->config().vocab_size;
@@ -257,7 +264,7 @@ TEST_P(CudaGraphParityTest, GraphReplayEqualsEagerDecodeAcrossBucketsJoinsAndLea
   EXPECT_EQ(written, 0) << "padded rows wrote into blocks no sequence owns";
   std::printf("[ %s ] %d decode steps (batches %d..%d): graph == padded eager bit for bit; vs eager worst rel "
               "err %.3e over %d rows, argmax equal at %d\n",
-              GetParam().c_str(), decode_steps, *std::min_element(batch_sizes.begin(), batch_sizes.end()),
+              Model().c_str(), decode_steps, *std::min_element(batch_sizes.begin(), batch_sizes.end()),
               *std::max_element(batch_sizes.begin(), batch_sizes.end()), worst, rows_compared, argmax_compared);
 }
 
@@ -265,7 +272,7 @@ TEST_P(CudaGraphParityTest, GraphReplayEqualsEagerDecodeAcrossBucketsJoinsAndLea
 // join and finish at different steps, wherever the eager run's margins are clear.
 TEST_P(CudaGraphParityTest, EngineWithAndWithoutGraphsAgree) {
   auto run = [&](bool graphs) {
-    const auto dir = gpu_testing::GpuModelDir(GetParam());
+    const auto dir = gpu_testing::GpuModelDir(Model());
     auto model_config = LoadModelConfig(dir);
     auto weights = SafetensorsCheckpoint::Open(dir);
     EXPECT_TRUE(model_config.ok() && weights.ok());
@@ -275,7 +282,8 @@ TEST_P(CudaGraphParityTest, EngineWithAndWithoutGraphsAgree) {
     config.max_num_seqs = 48;
     config.num_kv_blocks = 512;
     config.enable_cuda_graphs = graphs;
-    auto engine = Engine::Create(config, *model_config, std::move(weights).value(), gpu_testing::MakeGpuBackend(0.3));
+    auto engine = Engine::Create(config, *model_config, std::move(weights).value(),
+                                 gpu_testing::MakeGpuBackend(gpu_testing::GpuBackendOptions(0.3, SmallBatchAttention())));
     EXPECT_TRUE(engine.ok()) << engine.status().ToString();
     std::map<std::string, testing::FinishedRequest> done;
     if (!engine.ok()) return done;
@@ -304,10 +312,12 @@ TEST_P(CudaGraphParityTest, EngineWithAndWithoutGraphsAgree) {
   // bf16 near-tie may flip a token and the rest of that request. Broken graphs (stale inputs,
   // wrong rows) would change nearly every request.
   EXPECT_GE(equal, 30) << "requests with identical greedy output";
-  std::printf("[ %s ] engine: %d of 40 requests identical with and without graphs\n", GetParam().c_str(), equal);
+  std::printf("[ %s ] engine: %d of 40 requests identical with and without graphs\n", Model().c_str(), equal);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaGraphParityTest, ::testing::Values("tiny-llama", "tiny-llama31"));
+INSTANTIATE_TEST_SUITE_P(Models, CudaGraphParityTest,
+                         ::testing::Combine(::testing::Values("tiny-llama", "tiny-llama31"), ::testing::Bool()),
+                         gpu_testing::ModelAndSmallBatchAttentionName);
 
 }  // namespace
 }  // namespace tandem

@@ -5,6 +5,10 @@
 // with NaN before each launch and every output element compared, ||out - ref|| / ||ref|| <= 1e-2.
 // Shapes: head dims 64 / 128 / 256, GQA groups 1-8 (3 and 5 padded up), block sizes that hold whole
 // 16-key tiles and ones that do not, odd lengths, sliding windows, contexts of 8k to 32k.
+// The small-batch path (1-4 sequences; CudaBackendOptions::programmatic_decode_attention and
+// decode_attention_combines_in_kernel) the same way, its counters checked zero after every launch,
+// and as the engine runs it: small-M GEMV -> RoPE -> attention, all programmatic, the new keys and
+// q poisoned until RoPE writes them.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +19,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_backend_factory.h"
 #include "gpu_test_support.h"
 #include "kernels/paged_decode_attention.cuh"
 
@@ -63,6 +68,12 @@ std::vector<DecodeCase> Cases() {
   return cases;
 }
 
+// How a launch takes the small-batch path (kernels/paged_decode_attention.cuh).
+struct SmallBatchPath {
+  bool programmatic = false;
+  bool in_kernel_combine = false;  // split_counters given
+};
+
 class DecodeAttentionParityTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -89,7 +100,7 @@ class DecodeAttentionParityTest : public ::testing::Test {
     return std::move(*buf);
   }
 
-  void Check(const DecodeCase& c, std::vector<int32_t> split_counts = {1, 2, 3, 8, 64}) {
+  void Check(const DecodeCase& c, std::vector<int32_t> split_counts = {1, 2, 3, 8, 64}, SmallBatchPath path = {}) {
     const gpu_testing::AttentionBatch b = gpu_testing::MakeAttentionBatch(c, 4, rng_);
     const int64_t n = b.meta.num_seqs, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
     const int64_t cache_elems = static_cast<int64_t>(b.num_blocks) * nkv * c.block_size * hd;
@@ -114,6 +125,13 @@ class DecodeAttentionParityTest : public ::testing::Test {
     split_counts.push_back(policy);
     std::vector<PagedDecodeKernel> kinds{PagedDecodeKernel::kAuto, PagedDecodeKernel::kCudaCore};
     if (hd != 256) kinds.push_back(PagedDecodeKernel::kTensorCore);
+    // In-kernel combine: zeroed counters, reused by every launch below (each must leave them zero).
+    const size_t num_counters = kernels::PagedDecodeAttentionSplitCounters(static_cast<int32_t>(n), c.num_kv_heads);
+    std::unique_ptr<DeviceBuffer> counters;
+    if (path.in_kernel_combine) {
+      counters = UploadI32(std::vector<int32_t>(num_counters, 0));
+      ASSERT_TRUE(counters);
+    }
     for (PagedDecodeKernel kind : kinds) {
       for (int32_t splits : split_counts) {
         const std::string what = Describe(c) + " kernel " + std::to_string(static_cast<int>(kind)) + " splits " +
@@ -140,12 +158,22 @@ class DecodeAttentionParityTest : public ::testing::Test {
         p.sliding_window = c.window;
         p.scale = params.scale;
         p.kernel = kind;
+        p.programmatic = path.programmatic;
+        p.split_counters = counters ? static_cast<int32_t*>(counters->data()) : nullptr;
         ASSERT_EQ(kernels::LaunchPagedDecodeAttention(p, cuda_->stream()), cudaSuccess) << what;
         ASSERT_TRUE(gpu_->Synchronize().ok()) << what;
         const double err = RelError(Download(*gpu_, dout.t), ref);
         worst_ = std::max(worst_, err);
         ++checks_;
         EXPECT_LE(err, kBf16Tolerance) << what;
+        if (counters) {
+          std::vector<int32_t> left(num_counters, -1);
+          ASSERT_TRUE(gpu_->CopyToHost(Tensor(counters->data(), DType::kI32, {static_cast<int64_t>(num_counters)}),
+                                       left.data())
+                          .ok());
+          EXPECT_EQ(std::count(left.begin(), left.end(), 0), static_cast<std::ptrdiff_t>(num_counters))
+              << what << ": split counters not re-armed";
+        }
       }
     }
   }
@@ -170,6 +198,130 @@ TEST_F(DecodeAttentionParityTest, EveryKernelAndSplitCountMatchesTheReference) {
 TEST_F(DecodeAttentionParityTest, SmallBatchForSanitizers) {
   Check(Decodes(128, 8, 2, 16, 0, {1, 40, 200}), {1, 3});
   Check(Decodes(64, 4, 1, 5, 30, {7, 90}), {1, 2});
+}
+
+// The small-batch path launched directly: 1-4 sequences, head dims 64 / 128 / 256, groups 1 / 4 / 8,
+// block sizes with whole tiles and without, a window, split counts 1 to 64 and the policy's; every
+// kernel with programmatic launch alone, the in-kernel combine alone, and both.
+TEST_F(DecodeAttentionParityTest, SmallBatchProgrammaticAndInKernelCombineMatchTheReference) {
+  const std::vector<int32_t> lens{1023, 1, 300, 4097};
+  const std::vector<int32_t> splits{1, 2, 3, 8, 16, 64};
+  const SmallBatchPath paths[] = {{true, false}, {false, true}, {true, true}};
+  for (int32_t n = 1; n <= 4; ++n) {
+    const std::vector<int32_t> batch(lens.begin(), lens.begin() + n);
+    for (int32_t hd : {64, 128, 256}) {
+      for (int32_t group : {1, 4, 8}) {
+        for (const SmallBatchPath& path : paths) {
+          Check(Decodes(hd, 8 * group, 8, 16, 0, batch), splits, path);
+          if (HasFatalFailure()) return;
+        }
+      }
+    }
+    for (const SmallBatchPath& path : paths) {
+      Check(Decodes(128, 8, 2, 5, 0, batch), splits, path);         // blocks that split tiles
+      Check(Decodes(64, 16, 2, 32, 200, batch), splits, path);      // a window
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// Small enough for compute-sanitizer (memcheck, racecheck, synccheck): the small-batch path with
+// a few splits.
+TEST_F(DecodeAttentionParityTest, SmallBatchPathForSanitizers) {
+  Check(Decodes(128, 8, 2, 16, 0, {1, 40, 200}), {2, 3}, {true, true});
+  Check(Decodes(64, 4, 1, 5, 30, {7, 90}), {2}, {true, true});
+  Check(Decodes(256, 4, 2, 16, 0, {300}), {3}, {true, true});
+}
+
+// As the engine runs a small decode batch through the backend: the small-M GEMV writes qkv, RoPE
+// writes q and the new keys into the cache, attention reads them — all three programmatic, so the
+// attention kernel may start while the GEMV still streams its weights (a wide one, so the overlap is
+// real). The new tokens' K/V slots and q start as NaN: loading either before the wait shows.
+// Compared with the CPU backend's RoPE + attention on the qkv the GPU computed.
+TEST_F(DecodeAttentionParityTest, SmallBatchPathAfterProgrammaticGemvAndRope) {
+  std::unique_ptr<Backend> gpu = gpu_testing::MakeGpuBackend(gpu_testing::GpuBackendOptions(0.9, true));
+  ASSERT_NE(gpu, nullptr);
+  constexpr int64_t kHidden = 4096;
+  struct Shape {
+    int32_t hd, nh, nkv;
+  };
+  const Shape shapes[] = {{128, 32, 8}, {64, 8, 2}, {128, 8, 8}, {128, 64, 8}};
+  int64_t max_rows = 0;
+  for (const Shape& s : shapes) max_rows = std::max<int64_t>(max_rows, (s.nh + 2 * s.nkv) * s.hd);
+  // One weight for every shape (a prefix of its rows), small values so q·k stays moderate.
+  auto w = RandomBf16(static_cast<size_t>(max_rows * kHidden), rng_, 0.03f);
+  auto dw = Upload(*gpu, w, DType::kBF16, {max_rows, kHidden});
+  const int64_t max_pos = 8192;
+  const std::vector<int32_t> lens{1500, 37, 800, 3000};
+  for (const Shape& s : shapes) {
+    const int64_t hd = s.hd, nh = s.nh, nkv = s.nkv, half = hd / 2, row = (nh + 2 * nkv) * hd;
+    std::vector<float> cos(max_pos * half), sin(max_pos * half);
+    for (int64_t p = 0; p < max_pos; ++p) {
+      for (int64_t i = 0; i < half; ++i) {
+        const double freq = std::pow(500000.0, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
+        cos[p * half + i] = static_cast<float>(std::cos(p * freq));
+        sin[p * half + i] = static_cast<float>(std::sin(p * freq));
+      }
+    }
+    auto dcos = Upload(*gpu, cos, DType::kF32, {max_pos, half});
+    auto dsin = Upload(*gpu, sin, DType::kF32, {max_pos, half});
+    const Tensor w_view(dw.t.data, DType::kBF16, {row, kHidden});
+    for (int32_t n = 1; n <= 4; ++n) {
+      const DecodeCase c = Decodes(s.hd, s.nh, s.nkv, 16, 0, std::vector<int32_t>(lens.begin(), lens.begin() + n));
+      const std::string what = Describe(c);
+      const gpu_testing::AttentionBatch b = gpu_testing::MakeAttentionBatch(c, 4, rng_);
+      const int64_t cache_elems = static_cast<int64_t>(b.num_blocks) * nkv * c.block_size * hd;
+      auto x = RandomBf16(n * kHidden, rng_);
+      auto kc = RandomBf16(cache_elems, rng_, 2.0f), vc = RandomBf16(cache_elems, rng_);
+      // The GPU cache: the new tokens' slots poisoned (RoPE overwrites them).
+      std::vector<float> kc_gpu = kc, vc_gpu = vc;
+      for (int64_t slot : b.slots) {
+        const int64_t blk = slot / c.block_size, off = slot % c.block_size;
+        for (int64_t h = 0; h < nkv; ++h) {
+          for (int64_t d = 0; d < hd; ++d) {
+            const int64_t i = ((blk * nkv + h) * c.block_size + off) * hd + d;
+            kc_gpu[i] = vc_gpu[i] = std::nanf("");
+          }
+        }
+      }
+      const AttentionParams params{s.nh, s.nkv, s.hd, 1.0f / std::sqrt(static_cast<float>(hd)), 0};
+      auto dx = Upload(*gpu, x, DType::kBF16, {n, kHidden});
+      auto dqkv = Poisoned(*gpu, DType::kBF16, {n, row});
+      auto dq = Poisoned(*gpu, DType::kBF16, {n, nh * hd});
+      auto dkc = Upload(*gpu, kc_gpu, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
+      auto dvc = Upload(*gpu, vc_gpu, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
+      const RopeTables gpu_rope{dcos.t, dsin.t, s.hd};
+      // Twice: the first run uploads the attention metadata (a copy between the GEMV and RoPE);
+      // the second reuses it, so GEMV -> RoPE -> attention are back to back. Inputs re-poisoned.
+      for (int run = 0; run < 2; ++run) {
+        auto dout = Poisoned(*gpu, DType::kBF16, {n, nh * hd});
+        if (run == 1) {
+          dkc = Upload(*gpu, kc_gpu, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
+          dvc = Upload(*gpu, vc_gpu, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
+          dq = Poisoned(*gpu, DType::kBF16, {n, nh * hd});
+          dqkv = Poisoned(*gpu, DType::kBF16, {n, row});
+        }
+        ASSERT_TRUE(gpu->Linear(dx.t, w_view, Tensor(), dqkv.t).ok()) << what;
+        ASSERT_TRUE(gpu->RopeAndWriteKv(dqkv.t, dq.t, gpu_rope, params, b.meta, {dkc.t, dvc.t}).ok()) << what;
+        ASSERT_TRUE(gpu->Attention(dq.t, {dkc.t, dvc.t}, params, b.meta, dout.t).ok()) << what;
+        ASSERT_TRUE(gpu->Synchronize().ok()) << what;
+        // The reference from the qkv the GPU computed.
+        auto qkv = Download(*gpu, dqkv.t);
+        std::vector<float> rq(n * nh * hd), ref(n * nh * hd), kc_cpu = kc, vc_cpu = vc;
+        const RopeTables cpu_rope{HostF32(cos, {max_pos, half}), HostF32(sin, {max_pos, half}), s.hd};
+        const KvLayerView cpu_cache{HostF32(kc_cpu, {b.num_blocks, nkv, c.block_size, hd}),
+                                    HostF32(vc_cpu, {b.num_blocks, nkv, c.block_size, hd})};
+        ASSERT_TRUE(
+            cpu_->RopeAndWriteKv(HostF32(qkv, {n, row}), HostF32(rq, {n, nh * hd}), cpu_rope, params, b.meta, cpu_cache)
+                .ok());
+        ASSERT_TRUE(cpu_->Attention(HostF32(rq, {n, nh * hd}), cpu_cache, params, b.meta, HostF32(ref, {n, nh * hd})).ok());
+        const double err = RelError(Download(*gpu, dout.t), ref);
+        worst_ = std::max(worst_, err);
+        ++checks_;
+        EXPECT_LE(err, kBf16Tolerance) << what << " run " << run;
+      }
+    }
+  }
 }
 
 TEST_F(DecodeAttentionParityTest, TensorCoreKernelRejectsHeadDim256) {

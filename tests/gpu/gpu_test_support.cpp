@@ -17,6 +17,24 @@ namespace tandem::gpu_testing {
 std::unique_ptr<Backend> MakeGpuBackend(double gpu_memory_utilization) {
   CudaBackendOptions options;
   options.gpu_memory_utilization = gpu_memory_utilization;
+  return MakeGpuBackend(options);
+}
+
+CudaBackendOptions GpuBackendOptions(double gpu_memory_utilization, bool small_batch_attention) {
+  CudaBackendOptions options;
+  options.gpu_memory_utilization = gpu_memory_utilization;
+  options.programmatic_decode_attention = small_batch_attention;
+  options.decode_attention_combines_in_kernel = small_batch_attention;
+  return options;
+}
+
+std::string ModelAndSmallBatchAttentionName(const ::testing::TestParamInfo<std::tuple<std::string, bool>>& info) {
+  std::string name = std::get<0>(info.param);
+  std::replace(name.begin(), name.end(), '-', '_');
+  return std::get<1>(info.param) ? name + "_small_batch_attention" : name;
+}
+
+std::unique_ptr<Backend> MakeGpuBackend(const CudaBackendOptions& options) {
   auto backend = MakeCudaBackend(options);
   if (!backend.ok()) {
     ADD_FAILURE() << backend.status().ToString();

@@ -8,14 +8,25 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "backend/backend.h"
+#include "backend/cuda/cuda_backend_factory.h"
 
 namespace tandem::gpu_testing {
 
 // The CUDA backend on device 0 (gpu_memory_utilization as given); null plus a test failure if none.
 std::unique_ptr<Backend> MakeGpuBackend(double gpu_memory_utilization = 0.9);
+// The same with every option given (device and utilization included).
+std::unique_ptr<Backend> MakeGpuBackend(const CudaBackendOptions& options);
+// Default options plus the small-batch decode attention switches (programmatic launch and the
+// in-kernel split combine) when `small_batch_attention`.
+CudaBackendOptions GpuBackendOptions(double gpu_memory_utilization, bool small_batch_attention);
+// Test names for (model, small-batch attention) parameters: "tiny_llama31", "tiny_llama31_small_batch_attention".
+std::string ModelAndSmallBatchAttentionName(const ::testing::TestParamInfo<std::tuple<std::string, bool>>& info);
 
 // Reference data: $TANDEM_TESTDATA_DIR when set (the GPU machine gets a bundled copy), else the
 // directory compiled in.

@@ -35,7 +35,9 @@ struct Harness {
   int32_t num_blocks = 0;
 };
 
-Harness MakeHarness(const std::string& name, int32_t block_size, int32_t num_blocks) {
+// small_batch_attention: CudaBackendOptions::programmatic_decode_attention and
+// decode_attention_combines_in_kernel on (batches of <= 4 sequences).
+Harness MakeHarness(const std::string& name, int32_t block_size, int32_t num_blocks, bool small_batch_attention) {
   Harness h;
   h.block_size = block_size;
   h.num_blocks = num_blocks;
@@ -47,7 +49,7 @@ Harness MakeHarness(const std::string& name, int32_t block_size, int32_t num_blo
   EXPECT_TRUE(weights.ok()) << weights.status().ToString();
   if (!weights.ok()) return h;
   h.weights = std::move(weights).value();
-  h.backend = gpu_testing::MakeGpuBackend();
+  h.backend = gpu_testing::MakeGpuBackend(gpu_testing::GpuBackendOptions(0.9, small_batch_attention));
   if (!h.backend) return h;
   auto model = LlamaModel::Load(*config, *h.weights, *h.backend, 4096);
   EXPECT_TRUE(model.ok()) << model.status().ToString();
@@ -111,13 +113,18 @@ float TopTwoMargin(const std::vector<float>& logits) {
   return v[0] - v[1];
 }
 
-class CudaModelGoldenTest : public ::testing::TestWithParam<std::string> {};
+// (model, small-batch decode attention switches on).
+class CudaModelGoldenTest : public ::testing::TestWithParam<std::tuple<std::string, bool>> {
+ protected:
+  const std::string& Model() const { return std::get<0>(GetParam()); }
+  bool SmallBatchAttention() const { return std::get<1>(GetParam()); }
+};
 
 TEST_P(CudaModelGoldenTest, LastLogitsOfEveryPrompt) {
-  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(Model()) / "goldens.safetensors");
   ASSERT_TRUE(goldens.ok());
   ASSERT_EQ(goldens.NumPrompts(), 6);
-  Harness h = MakeHarness(GetParam(), 16, 96);
+  Harness h = MakeHarness(Model(), 16, 96, SmallBatchAttention());
   ASSERT_NE(h.cache, nullptr);
   for (int p = 0; p < goldens.NumPrompts(); ++p) {
     const std::string name = "p" + std::to_string(p);
@@ -129,7 +136,7 @@ TEST_P(CudaModelGoldenTest, LastLogitsOfEveryPrompt) {
     ASSERT_EQ(logits.size(), golden.size());
     const double err = gpu_testing::RelError(logits, golden);
     const float margin = TopTwoMargin(golden);
-    std::printf("[ %s %s ] last-logits rel err %.3e, golden margin %.4f\n", GetParam().c_str(), name.c_str(),
+    std::printf("[ %s %s ] last-logits rel err %.3e, golden margin %.4f\n", Model().c_str(), name.c_str(),
                 err, margin);
     EXPECT_LE(err, kLogitRelTolerance) << name;
     if (margin > kArgmaxMargin) {
@@ -141,12 +148,12 @@ TEST_P(CudaModelGoldenTest, LastLogitsOfEveryPrompt) {
 // Prefill the prompt, then decode step by step through the paged cache, fed the golden greedy
 // tokens; each step's logits against the golden top-8 before that greedy step.
 TEST_P(CudaModelGoldenTest, TeacherForcedDecodeFollowsGreedyGoldens) {
-  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(Model()) / "goldens.safetensors");
   ASSERT_TRUE(goldens.ok());
   int compared = 0, skipped = 0;
   double worst = 0.0;
   for (int p = 0; p < goldens.NumPrompts(); ++p) {
-    Harness h = MakeHarness(GetParam(), 16, 96);
+    Harness h = MakeHarness(Model(), 16, 96, SmallBatchAttention());
     ASSERT_NE(h.cache, nullptr);
     const std::string name = "p" + std::to_string(p);
     auto prompt = goldens.Int64(name + ".input_ids").values;
@@ -181,12 +188,12 @@ TEST_P(CudaModelGoldenTest, TeacherForcedDecodeFollowsGreedyGoldens) {
     }
   }
   std::printf("[ %s ] teacher-forced decode: worst top-8 rel err %.3e, argmax compared at %d steps "
-              "(%d skipped, margin <= %.1f)\n", GetParam().c_str(), worst, compared, skipped, kArgmaxMargin);
+              "(%d skipped, margin <= %.1f)\n", Model().c_str(), worst, compared, skipped, kArgmaxMargin);
 }
 
 TEST_P(CudaModelGoldenTest, ChunkedPrefillThroughThePagedCacheMatches) {
-  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
-  Harness h = MakeHarness(GetParam(), 16, 96);
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(Model()) / "goldens.safetensors");
+  Harness h = MakeHarness(Model(), 16, 96, SmallBatchAttention());
   ASSERT_NE(h.cache, nullptr);
   for (int p : {3, 4, 5}) {
     const std::string name = "p" + std::to_string(p);
@@ -200,14 +207,15 @@ TEST_P(CudaModelGoldenTest, ChunkedPrefillThroughThePagedCacheMatches) {
       logits = RunChunk(h, tokens, begin, end, table, {end - begin - 1});
     }
     const double err = gpu_testing::RelError(logits, goldens.Float(name + ".last_logits").values);
-    std::printf("[ %s %s ] chunked prefill rel err %.3e\n", GetParam().c_str(), name.c_str(), err);
+    std::printf("[ %s %s ] chunked prefill rel err %.3e\n", Model().c_str(), name.c_str(), err);
     EXPECT_LE(err, kLogitRelTolerance) << name;
   }
 }
 
 // ---- the engine -------------------------------------------------------------------------------------
 
-std::unique_ptr<Engine> MakeCudaEngine(const std::string& name, EngineConfig config, double utilization) {
+std::unique_ptr<Engine> MakeCudaEngine(const std::string& name, EngineConfig config, double utilization,
+                                       bool small_batch_attention) {
   const auto dir = gpu_testing::GpuModelDir(name);
   auto model_config = LoadModelConfig(dir);
   auto weights = SafetensorsCheckpoint::Open(dir);
@@ -215,7 +223,7 @@ std::unique_ptr<Engine> MakeCudaEngine(const std::string& name, EngineConfig con
     ADD_FAILURE() << "cannot open " << dir;
     return nullptr;
   }
-  auto backend = gpu_testing::MakeGpuBackend(utilization);
+  auto backend = gpu_testing::MakeGpuBackend(gpu_testing::GpuBackendOptions(utilization, small_batch_attention));
   if (!backend) return nullptr;
   auto engine = Engine::Create(config, *model_config, std::move(weights).value(), std::move(backend));
   if (!engine.ok()) {
@@ -243,12 +251,12 @@ int CompareWhereMarginsAllow(const Goldens& g, int p, const std::vector<TokenId>
 }
 
 TEST_P(CudaModelGoldenTest, EngineConcurrentChunkedPrefillThenPrefixCacheHits) {
-  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(Model()) / "goldens.safetensors");
   EngineConfig config;
   config.block_size = 16;
   config.max_num_batched_tokens = 64;
   config.num_kv_blocks = 256;
-  auto engine = MakeCudaEngine(GetParam(), config, 0.9);
+  auto engine = MakeCudaEngine(Model(), config, 0.9, SmallBatchAttention());
   ASSERT_NE(engine, nullptr);
   int compared = 0;
   for (int pass = 0; pass < 2; ++pass) {
@@ -265,17 +273,17 @@ TEST_P(CudaModelGoldenTest, EngineConcurrentChunkedPrefillThenPrefixCacheHits) {
   }
   EXPECT_GT(engine->Stats().blocks.prefix_hit_tokens, 0);
   std::printf("[ %s ] engine (concurrent, chunked, prefix cache): %d greedy tokens equal the goldens\n",
-              GetParam().c_str(), compared);
+              Model().c_str(), compared);
 }
 
 // Default engine config: the KV cache is sized from the backend's budget (free memory).
 TEST_P(CudaModelGoldenTest, EngineSizesItsCacheFromTheGpuBudget) {
-  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(GetParam()) / "goldens.safetensors");
-  auto engine = MakeCudaEngine(GetParam(), EngineConfig{}, 0.06);
+  Goldens goldens = Goldens::FromFile(gpu_testing::GpuModelDir(Model()) / "goldens.safetensors");
+  auto engine = MakeCudaEngine(Model(), EngineConfig{}, 0.06, SmallBatchAttention());
   ASSERT_NE(engine, nullptr);
   const auto stats = engine->Stats();
   EXPECT_GT(stats.blocks.num_total, 1000);
-  std::printf("[ %s ] budget-sized KV cache: %d blocks\n", GetParam().c_str(),
+  std::printf("[ %s ] budget-sized KV cache: %d blocks\n", Model().c_str(),
               static_cast<int>(stats.blocks.num_total));
   int compared = 0;
   for (int p = 0; p < goldens.NumPrompts(); ++p) {
@@ -285,10 +293,12 @@ TEST_P(CudaModelGoldenTest, EngineSizesItsCacheFromTheGpuBudget) {
     compared += CompareWhereMarginsAllow(goldens, p, done["p" + std::to_string(p)].tokens, "alone");
   }
   std::printf("[ %s ] engine (one prompt at a time): %d greedy tokens equal the goldens\n",
-              GetParam().c_str(), compared);
+              Model().c_str(), compared);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaModelGoldenTest, ::testing::Values("tiny-llama", "tiny-llama31"));
+INSTANTIATE_TEST_SUITE_P(Models, CudaModelGoldenTest,
+                         ::testing::Combine(::testing::Values("tiny-llama", "tiny-llama31"), ::testing::Bool()),
+                         gpu_testing::ModelAndSmallBatchAttentionName);
 
 }  // namespace
 }  // namespace tandem

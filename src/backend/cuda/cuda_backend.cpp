@@ -122,9 +122,15 @@ Status CudaBackend::Init() {
   TANDEM_RETURN_IF_ERROR(sample_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(kv_ids_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(attention_metadata_.Init(stream_));
-  spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}",
+  TANDEM_CUDA_RETURN_IF_ERROR(
+      cudaMalloc(reinterpret_cast<void**>(&attention_split_counters_), kAttentionSplitCounters * sizeof(int32_t)));
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaMemset(attention_split_counters_, 0, kAttentionSplitCounters * sizeof(int32_t)));
+  spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}, "
+               "small-batch decode attention: programmatic {}, in-kernel combine {}",
                device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
-               fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off");
+               fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off",
+               programmatic_decode_attention_ && programmatic_launch_ ? "on" : "off",
+               decode_attention_combines_in_kernel_ ? "on" : "off");
   return OkStatus();
 }
 
@@ -134,6 +140,7 @@ CudaBackend::~CudaBackend() {
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) (void)cudaFree(cublas_workspace_);
   if (attention_partial_ != nullptr) (void)cudaFree(attention_partial_);
+  if (attention_split_counters_ != nullptr) (void)cudaFree(attention_split_counters_);
   if (sample_device_ != nullptr) (void)cudaFree(sample_device_);
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
 }
@@ -448,6 +455,7 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
       attention_partial_floats_ = grown;
     }
     p.partial = attention_partial_;
+    SetSmallBatchDecodeAttention(&p);
     TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
     return OkStatus();
   }

@@ -103,9 +103,9 @@ class CudaBackend final : public Backend {
   Status RunDecodeGraph(int32_t key, bool capture, const std::function<Status()>& record) override;
   void ClearDecodeGraphs() override;
 
-  // Benchmarks: switches fuse_small_batch, programmatic_launch and small_m_gemv_columns_per_warp to
-  // those of `options` at run time (nothing else). Drops every decode graph: the next steps capture
-  // anew.
+  // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
+  // programmatic_decode_attention and decode_attention_combines_in_kernel to those of `options` at
+  // run time (nothing else). Drops every decode graph: the next steps capture anew.
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
@@ -119,7 +119,9 @@ class CudaBackend final : public Backend {
         cuda_core_decode_attention_(options.cuda_core_decode_attention),
         fuse_small_batch_(options.fuse_small_batch),
         programmatic_launch_requested_(options.programmatic_launch),
-        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp) {}
+        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
+        programmatic_decode_attention_(options.programmatic_decode_attention),
+        decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
@@ -136,6 +138,9 @@ class CudaBackend final : public Backend {
   kernels::PagedDecodeKernel DecodeAttentionKernel(int32_t head_dim) const;
   // Split-KV decode attention over the staged inputs (inside a decode graph step).
   Status StagedDecodeAttention(const Tensor& q, KvLayerView cache, const AttentionParams& params, Tensor out);
+  // Sets the small-batch choices (programmatic launch, in-kernel combine) of a split-KV decode
+  // launch whose other fields are filled; nothing for batches over kernels::kSmallMGemvMaxRows.
+  void SetSmallBatchDecodeAttention(kernels::PagedDecodeAttentionParams* p) const;
   // The small-M GEMV (fused variants included) on this backend's stream, PDL as configured.
   Status SmallMGemv(kernels::SmallMGemvParams p);
 
@@ -148,6 +153,8 @@ class CudaBackend final : public Backend {
   bool programmatic_launch_requested_;
   bool programmatic_launch_ = false;  // requested and the device is sm_90+
   int small_m_gemv_columns_per_warp_;
+  bool programmatic_decode_attention_;
+  bool decode_attention_combines_in_kernel_;
   bool sm90_ = false;  // constant after Init
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
@@ -161,6 +168,10 @@ class CudaBackend final : public Backend {
   // Split-KV decode attention partial results: grow-only device workspace.
   float* attention_partial_ = nullptr;
   size_t attention_partial_floats_ = 0;
+  // The in-kernel combine's counters (zero between launches; every launch leaves them zero), one
+  // buffer for eager launches and graphs alike: fixed size and address from Init.
+  static constexpr size_t kAttentionSplitCounters = 4096;
+  int32_t* attention_split_counters_ = nullptr;
   // SampleRows: per-row inputs + penalty entries (one upload), a grow-only device result/scratch
   // buffer, and host buffers reused between steps.
   PinnedUpload sample_upload_;

@@ -23,6 +23,15 @@ struct CudaBackendOptions {
   bool programmatic_launch = true;
   // Output columns per warp of the small-M GEMV: 1 or 2; 0 lets the kernel pick (benchmarks).
   int small_m_gemv_columns_per_warp = 0;
+  // Split-KV decode attention of small decode batches (<= 4 sequences, the small-M GEMV's rows;
+  // kernels/paged_decode_attention.cuh). Both off by default until measured:
+  // - programmatic_decode_attention: the attention kernel (and its combine kernel) launch as
+  //   programmatic dependents, loading tables, positions and the K/V before the query's own key
+  //   while RoPE drains. Needs programmatic_launch (and Hopper); off: plain launches.
+  bool programmatic_decode_attention = false;
+  // - decode_attention_combines_in_kernel: with several key splits, the last split CTA of each
+  //   (sequence, KV head) combines the partial states; no combine kernel.
+  bool decode_attention_combines_in_kernel = false;
 };
 
 // Selects `device`, creates the backend's stream and cuBLAS handle. InvalidArgument for a device

@@ -41,6 +41,8 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   programmatic_launch_requested_ = options.programmatic_launch;
   programmatic_launch_ = options.programmatic_launch && sm90_;
   small_m_gemv_columns_per_warp_ = options.small_m_gemv_columns_per_warp;
+  programmatic_decode_attention_ = options.programmatic_decode_attention;
+  decode_attention_combines_in_kernel_ = options.decode_attention_combines_in_kernel;
 }
 
 Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {

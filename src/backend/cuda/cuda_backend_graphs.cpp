@@ -15,6 +15,16 @@ kernels::PagedDecodeKernel CudaBackend::DecodeAttentionKernel(int32_t head_dim) 
              : kernels::PagedDecodeKernel::kTensorCore;
 }
 
+void CudaBackend::SetSmallBatchDecodeAttention(kernels::PagedDecodeAttentionParams* p) const {
+  if (p->num_seqs > kernels::kSmallMGemvMaxRows) return;
+  // After the small-M GEMV and RoPE, which launch programmatically for these batches.
+  p->programmatic = programmatic_decode_attention_ && programmatic_launch_;
+  if (decode_attention_combines_in_kernel_ &&
+      kernels::PagedDecodeAttentionSplitCounters(p->num_seqs, p->num_kv_heads) <= kAttentionSplitCounters) {
+    p->split_counters = attention_split_counters_;
+  }
+}
+
 Status CudaBackend::ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_per_seq, int32_t block_size,
                                         const AttentionParams& params) {
   TANDEM_RETURN_IF_ERROR(CheckSupported(params));
@@ -99,6 +109,7 @@ Status CudaBackend::StagedDecodeAttention(const Tensor& q, KvLayerView cache, co
                                                              p.num_splits),
                   decode_graphs_.partial_floats());
   p.partial = decode_graphs_.partial();
+  SetSmallBatchDecodeAttention(&p);  // fixed per bucket: the bucket size decides, never the step
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
   return OkStatus();
 }
