@@ -1,6 +1,7 @@
 #include "kernels/small_m_gemv.cuh"
 
 #include "kernels/kernel_utils.cuh"
+#include "kernels/streamed_gemv.cuh"
 
 namespace tandem::kernels {
 namespace {
@@ -193,6 +194,12 @@ cudaError_t LaunchSmallMGemv(const SmallMGemvParams& p, cudaStream_t stream) {
   }
   if (p.columns_per_warp < 0 || p.columns_per_warp > 2) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
+  // Streamed: where it takes the shape, and for grids the register kernel does not already stream
+  // at the read bandwidth (the LM head's 128k rows, 15 waves: 100% against 93% streamed).
+  const int64_t sms = p.num_sms > 0 ? p.num_sms : 132;
+  if (p.m <= p.streamed_max_rows && p.n <= kStreamedGemvMaxRowsPerSm * sms && StreamedGemvSupports(p, p.num_sms)) {
+    return LaunchStreamedGemv(p, stream);
+  }
   switch (p.m) {
     case 1: return LaunchShape<1>(p, stream);
     case 2: return LaunchShape<2>(p, stream);

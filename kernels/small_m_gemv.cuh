@@ -13,6 +13,9 @@
 // programmatic stream serialization; each warp loads its first weights (immutable) before
 // griddepcontrol.wait, so the weight stream starts while the previous kernel drains, and reads x /
 // writes out only after the wait. Every CTA allows its dependents to launch at entry.
+// With `streamed_max_rows` >= m, GEMVs of at most kStreamedGemvMaxRowsPerSm rows per SM go through
+// kernels/streamed_gemv.cuh instead where it takes the shape (weights through shared memory, one
+// CTA and an equal share of rows per SM).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -23,6 +26,7 @@
 namespace tandem::kernels {
 
 inline constexpr int64_t kSmallMGemvMaxRows = 4;
+inline constexpr int64_t kStreamedGemvMaxRowsPerSm = 256;
 
 enum class SmallMGemvEpilogue {
   kStore,     // out = result (bf16 or f32)
@@ -40,6 +44,7 @@ struct SmallMGemvParams {
   bool out_is_f32 = false;
   SmallMGemvEpilogue epilogue = SmallMGemvEpilogue::kStore;
   bool programmatic = false;  // launch as a programmatic dependent (sm_90+)
+  int64_t streamed_max_rows = 0;  // the streamed kernel for m <= this (0: never)
   int columns_per_warp = 0;   // output columns per warp (kStore, kAddToOut): 1 or 2; 0 picks
   int num_sms = 0;            // the device's SMs (for that pick: one wave); 0: 132
   int64_t m = 0, n = 0, k = 0;  // 1 <= m <= kSmallMGemvMaxRows, k % 8 == 0

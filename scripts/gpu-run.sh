@@ -114,8 +114,8 @@ else
 fi
 
 echo "== compute-sanitizer memcheck + racecheck"
-memcheck_filter='KernelParityTest.*:DecodeAttentionParityTest.SmallBatchPathForSanitizers:PrefillAttentionParityTest.SmallBatchForSanitizers:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers:Models/CudaGraphParityTest.GraphReplayEqualsEagerDecodeAcrossBucketsJoinsAndLeaves/*:KvBlockCopyParityTest.*'
-racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:DecodeAttentionParityTest.SmallBatchPathForSanitizers:PrefillAttentionParityTest.SmallBatchForSanitizers:KernelParityTest.RmsNorm*:SampleParityTest.SmallBatchForSanitizers'
+memcheck_filter='KernelParityTest.*:FusedSmallBatchParityTest.StreamedForSanitizers:DecodeAttentionParityTest.SmallBatchPathForSanitizers:PrefillAttentionParityTest.SmallBatchForSanitizers:Models/CudaModelGoldenTest.ChunkedPrefillThroughThePagedCacheMatches/*:SampleParityTest.SmallBatchForSanitizers:Models/CudaGraphParityTest.GraphReplayEqualsEagerDecodeAcrossBucketsJoinsAndLeaves/*:KvBlockCopyParityTest.*'
+racecheck_filter='KernelParityTest.ReusedMetadataVectorsWithNewContentAreUploadedAgain:FusedSmallBatchParityTest.StreamedForSanitizers:DecodeAttentionParityTest.SmallBatchPathForSanitizers:PrefillAttentionParityTest.SmallBatchForSanitizers:KernelParityTest.RmsNorm*:SampleParityTest.SmallBatchForSanitizers'
 if [ "$run_sanitizer" = 0 ]; then
   echo "skipped (--no-sanitizer)" | tee "$OUT/memcheck.log"
 elif command -v compute-sanitizer >/dev/null; then

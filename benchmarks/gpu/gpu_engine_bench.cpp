@@ -21,9 +21,9 @@
 // --cuda-core-decode-attention: decode attention through the CUDA-core split-KV kernel and its split
 // policy (CudaBackendOptions::cuda_core_decode_attention), the "before" of the tensor-core kernel.
 // --kernel-ab: every decode batch is measured under each kernel variant of kVariants (small-batch
-// fusion, programmatic launch, GEMV columns per warp; CudaBackend::SetKernelOptions), interleaved on
-// the same engine, the first being the kernels as they were before fusion and PDL; the last two add
-// the small-batch decode attention switches (PDL, then PDL + in-kernel combine).
+// fusion, programmatic launch, the streamed GEMV, the small-batch decode attention switches;
+// CudaBackend::SetKernelOptions), in three interleaved rounds on the same engine, the first variant
+// being the kernels as they were before fusion and PDL.
 // --small-batch-attention: decode attention of <= 4 sequences launched programmatically with the
 // in-kernel split combine (CudaBackendOptions::programmatic_decode_attention and
 // decode_attention_combines_in_kernel; both off by default) for the whole run.
@@ -173,8 +173,9 @@ StatusOr<Limits> MeasureLimits(CudaBackend& backend) {
 // layer uses), weights rotated through a 2 GiB pool so they come from HBM. "single": one launch
 // between events (launch latency included); "back to back": kBackToBack launches on consecutive
 // weights between two events, per launch — as inside a decode graph — with and without
-// programmatic launch, with one output column per warp (the kernel before this change) and with
-// two (the kernel picks two where one would not fit one wave).
+// programmatic launch, with one output column per warp (the kernel before this change), with
+// two (the kernel picks two where one would not fit one wave), and streamed through shared memory
+// (kernels/streamed_gemv.cuh; the LM head stays on the register kernel, see small_m_gemv.cuh).
 constexpr int kBackToBack = 16;
 
 struct LinearRow {
@@ -183,7 +184,7 @@ struct LinearRow {
   kernels::SmallMGemvEpilogue epilogue = kernels::SmallMGemvEpilogue::kStore;
   bool norm = false, f32 = false;
   double single = 0;
-  double b2b[2][2] = {};  // [1 | 2 columns per warp][plain | programmatic], seconds per launch
+  double b2b[3][2] = {};  // [1 | 2 columns per warp | streamed][plain | programmatic], seconds per launch
 };
 
 StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c, int num_sms) {
@@ -208,7 +209,7 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
     const size_t w_elems = static_cast<size_t>(r.n * r.k);
     const size_t slots = std::max<size_t>(1, pool_elems / w_elems);
     size_t next = 0;
-    auto launch = [&](int columns_per_warp, bool programmatic) {
+    auto launch = [&](int columns_per_warp, bool programmatic, bool streamed = false) {
       kernels::SmallMGemvParams p;
       p.x = static_cast<const __nv_bfloat16*>(x.data());
       p.weight = static_cast<const __nv_bfloat16*>(pool.data()) + (next++ % slots) * w_elems;
@@ -218,6 +219,7 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
       p.epilogue = r.epilogue;
       p.programmatic = programmatic;
       p.columns_per_warp = columns_per_warp;
+      p.streamed_max_rows = streamed ? 1 : 0;
       p.num_sms = num_sms;
       p.m = 1;
       p.n = r.epilogue == E::kSiluMul ? r.n / 2 : r.n;
@@ -232,12 +234,14 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
       if (rep >= 4) t.push_back(dt);
     }
     r.single = Median(t);
-    for (int u = 0; u < 2; ++u) {
+    for (int u = 0; u < 3; ++u) {
       for (int pdl = 0; pdl < 2; ++pdl) {
         t.clear();
         for (int rep = 0; rep < 8; ++rep) {
           TANDEM_RETURN_IF_ERROR(timer.Start(s));
-          for (int i = 0; i < kBackToBack; ++i) TANDEM_CUDA_RETURN_IF_ERROR(launch(u + 1, pdl == 1));
+          for (int i = 0; i < kBackToBack; ++i) {
+            TANDEM_CUDA_RETURN_IF_ERROR(launch(u == 2 ? 0 : u + 1, pdl == 1, u == 2));
+          }
           TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
           if (rep >= 2) t.push_back(dt / kBackToBack);
         }
@@ -325,24 +329,23 @@ double PrefillFlops(const ModelConfig& c, int64_t t) {
   return c.num_layers * (2.0 * layer_params * t + attention) + 2.0 * c.vocab_size * c.hidden_size;
 }
 
-// Kernel variants of --kernel-ab (CudaBackend::SetKernelOptions), the first as before this change.
+// Kernel variants of --kernel-ab (CudaBackend::SetKernelOptions), the first as before fusion.
 struct KernelVariant {
   const char* name;
   bool fuse, programmatic;
   int columns_per_warp;
+  int64_t streamed_max_rows;
   bool attention_programmatic = false, attention_combines_in_kernel = false;
 };
 constexpr KernelVariant kVariants[] = {
-    {"unfused, plain launch, 1 column/warp (before)", false, false, 1},
-    {"unfused, plain launch", false, false, 0},
-    {"unfused, PDL", false, true, 0},
-    {"fused, plain launch", true, false, 0},
-    {"fused, PDL (default)", true, true, 0},
-    {"fused, PDL, attention PDL", true, true, 0, true, false},
-    {"fused, PDL, attention PDL + in-kernel combine", true, true, 0, true, true},
+    {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0},
+    {"fused, PDL, register GEMV (before this session)", true, true, 0, 0},
+    {"fused, PDL, streamed GEMV at batch 1 (default)", true, true, 0, 1},
+    {"fused, streamed GEMV, plain launch", true, false, 0, 1},
+    {"fused, PDL, streamed GEMV, attention PDL + in-kernel combine", true, true, 0, 1, true, true},
 };
-constexpr size_t kDefaultVariant = 4;
-constexpr size_t kSmallBatchAttentionVariant = 6;
+constexpr size_t kDefaultVariant = 2;
+constexpr size_t kSmallBatchAttentionVariant = 4;
 
 struct StepRow {
   std::string variant;
@@ -493,7 +496,10 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
 
   const int max_batch = batches.back();
   std::vector<KernelVariant> variants = {kVariants[small_batch_attention ? kSmallBatchAttentionVariant : kDefaultVariant]};
-  if (kernel_ab) variants.assign(std::begin(kVariants), std::end(kVariants));
+  if (kernel_ab) {  // three rounds of every variant: the spread between rounds is the noise
+    variants.clear();
+    for (int round = 0; round < 3; ++round) variants.insert(variants.end(), std::begin(kVariants), std::end(kVariants));
+  }
   const int measured_steps = 10;
   // Every batch, every variant: one step that captures its graph, one replay, the measured steps.
   const int decode_tokens = 16 + static_cast<int>(batches.size() * variants.size()) * (measured_steps + 3);
@@ -556,6 +562,7 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       ko.small_m_gemv_columns_per_warp = v.columns_per_warp;
       ko.programmatic_decode_attention = v.attention_programmatic;
       ko.decode_attention_combines_in_kernel = v.attention_combines_in_kernel;
+      ko.small_m_gemv_streamed_max_rows = v.streamed_max_rows;
       backend.SetKernelOptions(ko);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
       StepTimes t;
@@ -611,15 +618,17 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
 
   PrintAttentionTable(attn, ctx, lim.read_bw);
   std::printf("\n## decode-shaped GEMV alone (M = 1, small-M kernel, weights from HBM; us per launch, %% of read bw)\n\n");
-  std::printf("| weight | N x K | single launch | back to back, 1 column/warp | 1 column/warp + PDL | 2 columns/warp | 2 columns/warp + PDL |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
+  std::printf("| weight | N x K | single launch | back to back, 1 column/warp | 1 column/warp + PDL | 2 columns/warp | "
+              "2 columns/warp + PDL | streamed | streamed + PDL |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (const LinearRow& r : linears) {
     const double bytes = 2.0 * r.n * r.k;
     auto cell = [&](double sec) { return std::to_string(sec * 1e6).substr(0, 5) + " (" +
                                          std::to_string(static_cast<int>(std::lround(100.0 * bytes / sec / lim.read_bw))) + "%)"; };
-    std::printf("| %s | %lld x %lld | %s | %s | %s | %s | %s |\n", r.name.c_str(), static_cast<long long>(r.n),
-                static_cast<long long>(r.k), cell(r.single).c_str(), cell(r.b2b[0][0]).c_str(), cell(r.b2b[0][1]).c_str(),
-                cell(r.b2b[1][0]).c_str(), cell(r.b2b[1][1]).c_str());
+    std::printf("| %s | %lld x %lld | %s |", r.name.c_str(), static_cast<long long>(r.n), static_cast<long long>(r.k),
+                cell(r.single).c_str());
+    for (const auto& v : r.b2b) std::printf(" %s | %s |", cell(v[0]).c_str(), cell(v[1]).c_str());
+    std::printf("\n");
   }
   return OkStatus();
 }

@@ -44,8 +44,8 @@ struct Runner {
   std::unique_ptr<KvCache> cache;
 };
 
-// small_batch_attention: CudaBackendOptions::programmatic_decode_attention and
-// decode_attention_combines_in_kernel on (batches of <= 4 sequences).
+// small_batch_attention: CudaBackendOptions::programmatic_decode_attention,
+// decode_attention_combines_in_kernel on, small_m_gemv_streamed_max_rows 4 (batches of <= 4 sequences).
 Runner MakeRunner(const std::string& name, Mode mode, bool small_batch_attention) {
   Runner r;
   const auto dir = gpu_testing::GpuModelDir(name);

@@ -3,7 +3,8 @@
 // unfused ops, on fresh random bf16-exact inputs for 1..4 rows, outputs poisoned with NaN before
 // each run; relative error <= 1e-2. Then a chain of fused ops shaped like decode layers, launched
 // back to back with programmatic dependent launch on and off: both match the CPU chain and each
-// other bit for bit (a missing wait would read a half-written input).
+// other bit for bit (a missing wait would read a half-written input); so does the chain through
+// the streamed GEMV (kernels/streamed_gemv.cuh).
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -12,6 +13,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend_factory.h"
+#include "kernels/small_m_gemv.cuh"
 #include "gpu_test_support.h"
 
 namespace tandem {
@@ -34,10 +36,13 @@ std::vector<uint16_t> Bits(const std::vector<float>& v) {
   return bits;
 }
 
-std::unique_ptr<Backend> MakeBackend(bool programmatic_launch, int columns_per_warp = 0) {
+// streamed_max_rows 0: the register GEMV only; kSmallMGemvMaxRows: the streamed one where it
+// takes the shape.
+std::unique_ptr<Backend> MakeBackend(bool programmatic_launch, int columns_per_warp = 0, int64_t streamed_max_rows = 0) {
   CudaBackendOptions options;
   options.programmatic_launch = programmatic_launch;
   options.small_m_gemv_columns_per_warp = columns_per_warp;
+  options.small_m_gemv_streamed_max_rows = streamed_max_rows;
   auto backend = MakeCudaBackend(options);
   if (!backend.ok()) {
     ADD_FAILURE() << backend.status().ToString();
@@ -54,6 +59,9 @@ class FusedSmallBatchParityTest : public ::testing::Test {
     // Two output columns per warp everywhere (the kernel picks two only past one wave).
     gpu_pairs_ = MakeBackend(/*programmatic_launch=*/true, /*columns_per_warp=*/2);
     ASSERT_NE(gpu_pairs_, nullptr);
+    // Weights streamed through shared memory for 1-4 rows (k a multiple of 1024; other shapes fall back).
+    gpu_streamed_ = MakeBackend(/*programmatic_launch=*/true, 0, kernels::kSmallMGemvMaxRows);
+    ASSERT_NE(gpu_streamed_, nullptr);
     cpu_ = std::make_unique<CpuBackend>(CpuBackendConfig{0});
   }
   void TearDown() override {
@@ -76,9 +84,9 @@ class FusedSmallBatchParityTest : public ::testing::Test {
                     .ok());
     return out;
   }
-  // Both GEMV layouts: one output column per warp (below one wave) and two.
-  std::vector<Backend*> Gpus() { return {gpu_.get(), gpu_pairs_.get()}; }
-  std::unique_ptr<Backend> gpu_, gpu_pairs_;
+  // Both register GEMV layouts: one output column per warp (below one wave) and two; and streamed.
+  std::vector<Backend*> Gpus() { return {gpu_.get(), gpu_pairs_.get(), gpu_streamed_.get()}; }
+  std::unique_ptr<Backend> gpu_, gpu_pairs_, gpu_streamed_;
   std::unique_ptr<CpuBackend> cpu_;
   double worst_ = 0.0;
   int checks_ = 0;
@@ -89,8 +97,11 @@ struct Shape {
   int64_t k, n;
 };
 // k below, at and past one unrolled step of 8 loads x 32 lanes x 8 (2048), odd n; n = 5003 is past
-// one wave of one column per warp on 132 SMs.
-constexpr Shape kShapes[] = {{8, 5}, {200, 33}, {4096, 129}, {2056, 300}, {14336, 67}, {4104, 1027}, {64, 5003}};
+// one wave of one column per warp on 132 SMs. The streamed kernel takes k % 1024 == 0 (2 KB
+// segments): one segment per row (1024), fewer rows than SMs (n < 132: fewer CTAs), many rows per
+// CTA (5003), 14 segments per row (14336).
+constexpr Shape kShapes[] = {{8, 5},      {200, 33},   {4096, 129}, {2056, 300}, {14336, 67}, {4104, 1027},
+                             {64, 5003},  {1024, 300}, {3072, 7},   {2048, 5003}};
 
 TEST_F(FusedSmallBatchParityTest, NormLinear) {
   for (Backend* gpu : Gpus()) {
@@ -180,6 +191,29 @@ TEST_F(FusedSmallBatchParityTest, LinearAddResidual) {
   }
 }
 
+// A few streamed launches for compute-sanitizer (memcheck and racecheck in scripts/gpu-run.sh): the
+// cp.async ring, one and three segments per row, gate and up rows.
+TEST_F(FusedSmallBatchParityTest, StreamedForSanitizers) {
+  for (int64_t m : {1, 3}) {
+    for (Shape s : {Shape{1024, 300}, Shape{3072, 133}}) {
+      auto x = RandomBf16(m * s.k, rng_, 3.0f);
+      auto g = RandomBf16(s.k, rng_, 1.5f);
+      auto w = RandomBf16(2 * s.n * s.k, rng_, 0.1f);
+      const auto w_bits = Bits(w);
+      std::vector<float> gate_up = CpuNormLinear(x, g, w_bits, nullptr, m, s.k, 2 * s.n);
+      std::vector<float> ref(m * s.n);
+      ASSERT_TRUE(cpu_->SiluMul(HostF32(gate_up, {m, 2 * s.n}), HostF32(ref, {m, s.n})).ok());
+      Backend& gpu = *gpu_streamed_;
+      auto dx = Upload(gpu, x, DType::kBF16, {m, s.k});
+      auto dg = Upload(gpu, g, DType::kBF16, {s.k});
+      auto dw = Upload(gpu, w, DType::kBF16, {2 * s.n, s.k});
+      auto dout = Poisoned(gpu, DType::kBF16, {m, s.n});
+      ASSERT_TRUE(gpu.NormLinearSiluMul(dx.t, dg.t, kEps, dw.t, Tensor(), dout.t).ok());
+      EXPECT_LE(Track(RelError(Download(gpu, dout.t), ref)), kBf16Tolerance) << m << "x" << s.k << "x" << s.n;
+    }
+  }
+}
+
 TEST_F(FusedSmallBatchParityTest, RowCountsAndShapesTheKernelCannotTakeAreNotFused) {
   EXPECT_FALSE(gpu_->FusesSmallBatch(0, std::vector<int64_t>{4096}));
   EXPECT_FALSE(gpu_->FusesSmallBatch(5, std::vector<int64_t>{4096}));
@@ -201,6 +235,8 @@ TEST_F(FusedSmallBatchParityTest, RowCountsAndShapesTheKernelCannotTakeAreNotFus
 TEST_F(FusedSmallBatchParityTest, BackToBackChainsMatchTheCpuAndDoNotDependOnProgrammaticLaunch) {
   auto plain = MakeBackend(/*programmatic_launch=*/false);
   ASSERT_NE(plain, nullptr);
+  auto streamed_plain = MakeBackend(/*programmatic_launch=*/false, 0, kernels::kSmallMGemvMaxRows);
+  ASSERT_NE(streamed_plain, nullptr);
   const int64_t h = 1024, qkv_n = 1536, inter = 2816, vocab = 999, layers = 3;
   for (int64_t m = 1; m <= 4; ++m) {
     std::vector<std::vector<float>> ln1, ln2, wqkv, wo, wgu, wd;
@@ -239,9 +275,10 @@ TEST_F(FusedSmallBatchParityTest, BackToBackChainsMatchTheCpuAndDoNotDependOnPro
     }
     const std::vector<float> ref = CpuNormLinear(res, final_norm, Bits(head), nullptr, m, h, vocab);
 
-    std::vector<float> results[2];
-    Backend* backends[2] = {gpu_.get(), plain.get()};
-    for (int variant = 0; variant < 2; ++variant) {
+    std::vector<float> results[4];
+    Backend* backends[4] = {gpu_.get(), plain.get(), gpu_streamed_.get(), streamed_plain.get()};
+    const char* names[4] = {"programmatic", "plain", "streamed", "streamed, plain launch"};
+    for (int variant = 0; variant < 4; ++variant) {
       Backend& gpu = *backends[variant];
       std::vector<gpu_testing::DeviceTensor> keep;
       auto up = [&](const std::vector<float>& v, std::initializer_list<int64_t> dims) {
@@ -262,9 +299,10 @@ TEST_F(FusedSmallBatchParityTest, BackToBackChainsMatchTheCpuAndDoNotDependOnPro
       ASSERT_TRUE(gpu.NormLinear(dres, up(final_norm, {h}), kEps, up(head, {vocab, h}), Tensor(), dlogits.t).ok());
       results[variant] = Download(gpu, dlogits.t);
       EXPECT_LE(Track(RelError(results[variant], ref)), 3 * kBf16Tolerance)
-          << "rows " << m << (variant == 0 ? " programmatic" : " plain");
+          << "rows " << m << " " << names[variant];
     }
     EXPECT_EQ(RelError(results[0], results[1]), 0.0) << "rows " << m << ": PDL changed the result";
+    EXPECT_EQ(RelError(results[2], results[3]), 0.0) << "rows " << m << ": PDL changed the streamed result";
   }
 }
 

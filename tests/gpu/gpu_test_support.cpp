@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "backend/cuda/cuda_backend_factory.h"
+#include "kernels/small_m_gemv.cuh"
 #include "common/half.h"
 #include "support/testdata.h"
 
@@ -25,6 +26,7 @@ CudaBackendOptions GpuBackendOptions(double gpu_memory_utilization, bool small_b
   options.gpu_memory_utilization = gpu_memory_utilization;
   options.programmatic_decode_attention = small_batch_attention;
   options.decode_attention_combines_in_kernel = small_batch_attention;
+  options.small_m_gemv_streamed_max_rows = small_batch_attention ? kernels::kSmallMGemvMaxRows : 1;
   return options;
 }
 

@@ -22,8 +22,9 @@ namespace tandem::gpu_testing {
 std::unique_ptr<Backend> MakeGpuBackend(double gpu_memory_utilization = 0.9);
 // The same with every option given (device and utilization included).
 std::unique_ptr<Backend> MakeGpuBackend(const CudaBackendOptions& options);
-// Default options plus the small-batch decode attention switches (programmatic launch and the
-// in-kernel split combine) when `small_batch_attention`.
+// Default options plus the small-batch switches that are off by default (decode attention's
+// programmatic launch and in-kernel split combine; the streamed GEMV for 2-4 rows as well as 1)
+// when `small_batch_attention`.
 CudaBackendOptions GpuBackendOptions(double gpu_memory_utilization, bool small_batch_attention);
 // Test names for (model, small-batch attention) parameters: "tiny_llama31", "tiny_llama31_small_batch_attention".
 std::string ModelAndSmallBatchAttentionName(const ::testing::TestParamInfo<std::tuple<std::string, bool>>& info);

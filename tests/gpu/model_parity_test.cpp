@@ -35,8 +35,8 @@ struct Harness {
   int32_t num_blocks = 0;
 };
 
-// small_batch_attention: CudaBackendOptions::programmatic_decode_attention and
-// decode_attention_combines_in_kernel on (batches of <= 4 sequences).
+// small_batch_attention: CudaBackendOptions::programmatic_decode_attention,
+// decode_attention_combines_in_kernel on, small_m_gemv_streamed_max_rows 4 (batches of <= 4 sequences).
 Harness MakeHarness(const std::string& name, int32_t block_size, int32_t num_blocks, bool small_batch_attention) {
   Harness h;
   h.block_size = block_size;

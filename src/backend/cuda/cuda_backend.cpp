@@ -84,6 +84,10 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     return InvalidArgumentError("gpu_memory_utilization must be in (0, 1], got " +
                                 std::to_string(options.gpu_memory_utilization));
   }
+  if (options.small_m_gemv_columns_per_warp < 0 || options.small_m_gemv_columns_per_warp > 2) {
+    return InvalidArgumentError("cuda backend: small_m_gemv_columns_per_warp must be 0, 1 or 2, got " +
+                                std::to_string(options.small_m_gemv_columns_per_warp));
+  }
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {

@@ -104,7 +104,7 @@ class CudaBackend final : public Backend {
   void ClearDecodeGraphs() override;
 
   // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
-  // programmatic_decode_attention and decode_attention_combines_in_kernel to those of `options` at
+  // small_m_gemv_streamed_max_rows, programmatic_decode_attention and decode_attention_combines_in_kernel to those of `options` at
   // run time (nothing else). Drops every decode graph: the next steps capture anew.
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
@@ -120,6 +120,7 @@ class CudaBackend final : public Backend {
         fuse_small_batch_(options.fuse_small_batch),
         programmatic_launch_requested_(options.programmatic_launch),
         small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
+        small_m_gemv_streamed_max_rows_(options.small_m_gemv_streamed_max_rows),
         programmatic_decode_attention_(options.programmatic_decode_attention),
         decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel) {}
   Status Init();
@@ -153,6 +154,7 @@ class CudaBackend final : public Backend {
   bool programmatic_launch_requested_;
   bool programmatic_launch_ = false;  // requested and the device is sm_90+
   int small_m_gemv_columns_per_warp_;
+  int64_t small_m_gemv_streamed_max_rows_;
   bool programmatic_decode_attention_;
   bool decode_attention_combines_in_kernel_;
   bool sm90_ = false;  // constant after Init

@@ -2,6 +2,7 @@
 // #ifdef TANDEM_WITH_CUDA); the class itself stays in cuda_backend.h.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "backend/backend.h"
@@ -23,6 +24,10 @@ struct CudaBackendOptions {
   bool programmatic_launch = true;
   // Output columns per warp of the small-M GEMV: 1 or 2; 0 lets the kernel pick (benchmarks).
   int small_m_gemv_columns_per_warp = 0;
+  // Small-M GEMVs of at most this many rows stream their weights through shared memory, one CTA
+  // and an equal share of rows per SM (kernels/streamed_gemv.cuh), where the shape allows: batch-1
+  // decode by default (measured faster there); 0: never; 4: every small batch (tests).
+  int64_t small_m_gemv_streamed_max_rows = 1;
   // Split-KV decode attention of small decode batches (<= 4 sequences, the small-M GEMV's rows;
   // kernels/paged_decode_attention.cuh). Both off by default until measured:
   // - programmatic_decode_attention: the attention kernel (and its combine kernel) launch as

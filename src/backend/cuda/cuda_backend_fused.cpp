@@ -41,6 +41,7 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   programmatic_launch_requested_ = options.programmatic_launch;
   programmatic_launch_ = options.programmatic_launch && sm90_;
   small_m_gemv_columns_per_warp_ = options.small_m_gemv_columns_per_warp;
+  small_m_gemv_streamed_max_rows_ = options.small_m_gemv_streamed_max_rows;
   programmatic_decode_attention_ = options.programmatic_decode_attention;
   decode_attention_combines_in_kernel_ = options.decode_attention_combines_in_kernel;
 }
@@ -48,6 +49,7 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
 Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {
   p.programmatic = programmatic_launch_;
   p.columns_per_warp = small_m_gemv_columns_per_warp_;
+  p.streamed_max_rows = small_m_gemv_streamed_max_rows_;
   p.num_sms = num_sms_;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSmallMGemv(p, stream_));
   return OkStatus();

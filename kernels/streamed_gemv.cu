@@ -1,0 +1,251 @@
+#include "kernels/streamed_gemv.cuh"
+
+#include <algorithm>
+
+#include "kernels/kernel_utils.cuh"
+#include "kernels/tensor_core_utils.cuh"
+
+namespace tandem::kernels {
+namespace {
+
+constexpr int kChunksPerLane = 4;                          // of a segment
+constexpr int kSegChunks = 32 * kChunksPerLane;            // a segment: 128 chunks (2 KB) of one row
+constexpr int kSegBytes = kSegChunks * 16;
+// Ring bytes of a CTA of kWarps warps with kSlots slots each.
+template <int kWarps, int kSlots>
+__host__ __device__ constexpr size_t RingBytes() { return static_cast<size_t>(kWarps) * kSlots * kSegBytes; }
+constexpr size_t kMaxPartialBytes = 64 * 1024;             // a partial sum per segment and row of x
+
+__device__ __forceinline__ void Unpack8(const uint4& v, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+// The CTA's share: output rows n0, n0 + G, n0 + 2G, ... (G CTAs; n0 the CTA's index, so at any
+// moment the CTAs read neighbouring rows) of each range (one range, or gate then up rows for
+// kSiluMul), as a sequence of segments: range r, the CTA's row i, segment c of the row is segment
+// (r * rows + i) * segs_per_row + c. Warp w takes segments w, w + kWarps, ...
+struct Share {
+  int64_t n0, rows;
+  int32_t segs_per_row, range_segs, total_segs;
+};
+
+template <int kWarps>
+__device__ __forceinline__ int32_t WarpSegments(const Share& s, int warp) {
+  return s.total_segs > warp ? (s.total_segs - warp + kWarps - 1) / kWarps : 0;
+}
+
+// One lane's part of the warp's i-th segment into its ring slot, as one cp.async commit group
+// (empty past the warp's last segment, so every lane counts the same groups).
+template <int kRanges, int kWarps, int kSlots>
+__device__ __forceinline__ void IssueSegment(const SmallMGemvParams& p, const Share& s, int warp, int lane, int32_t i,
+                                             uint32_t ring, uint64_t policy) {
+  if (i < WarpSegments<kWarps>(s, warp)) {
+    const int32_t seg = warp + kWarps * i;
+    const int32_t r = kRanges == 1 || seg < s.range_segs ? 0 : 1;  // gate rows, then up rows
+    const int32_t local = seg - r * s.range_segs;
+    const int32_t row = local / s.segs_per_row;
+    const int32_t col_seg = local - row * s.segs_per_row;
+    const __nv_bfloat16* src = p.weight + (r * p.n + s.n0 + static_cast<int64_t>(row) * gridDim.x) * p.k +
+                               static_cast<int64_t>(col_seg) * kSegChunks * 8;
+    const uint32_t dst = ring + (warp * kSlots + i % kSlots) * kSegBytes;
+#pragma unroll
+    for (int j = 0; j < kChunksPerLane; ++j) CpAsync16(dst + (lane + 32 * j) * 16, src + (lane + 32 * j) * 8, true, policy);
+  }
+  CpAsyncCommit();
+}
+
+template <int kWarps, int kSlots, int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
+__global__ void __launch_bounds__(kWarps * 32, 1)
+    StreamedGemvKernel(const SmallMGemvParams p) {
+  constexpr int kThreads = kWarps * 32;
+  constexpr size_t kRingBytes = RingBytes<kWarps, kSlots>();
+  constexpr bool kSilu = kEpilogue == SmallMGemvEpilogue::kSiluMul;
+  constexpr int kRanges = kSilu ? 2 : 1;
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* partials = reinterpret_cast<float*>(smem + kRingBytes);  // [total_segs][kM]
+  __shared__ float scale[kM];
+  __shared__ float scratch[32];
+  AllowDependentLaunch();
+
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  Share s;
+  s.n0 = blockIdx.x;
+  s.rows = (p.n - s.n0 + gridDim.x - 1) / gridDim.x;
+  s.segs_per_row = static_cast<int32_t>(p.k / (8 * kSegChunks));
+  s.range_segs = static_cast<int32_t>(s.rows) * s.segs_per_row;
+  s.total_segs = kRanges * s.range_segs;
+  const uint32_t ring = SmemAddr(smem);
+  const uint64_t policy = L2EvictFirstPolicy();  // every weight byte is read once
+  // The first segments: immutable weights, requested while the kernel before may still run.
+#pragma unroll
+  for (int32_t i = 0; i < kSlots - 1; ++i) IssueSegment<kRanges, kWarps, kSlots>(p, s, warp, lane, i, ring, policy);
+  WaitForPrerequisiteGrids();
+
+  const uint4* x = reinterpret_cast<const uint4*>(p.x);
+  const uint4* g = reinterpret_cast<const uint4*>(p.norm_weight);
+  const int64_t chunks_per_row = p.k / 8;
+  // 1 / rms of each row of x (the norm prologue), over the whole row.
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+    float sum_sq = 0.0f;
+    if constexpr (kNorm) {
+      for (int64_t c = threadIdx.x; c < chunks_per_row; c += kThreads) {
+        float xf[8];
+        Unpack8(__ldg(x + m * chunks_per_row + c), xf);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) sum_sq = fmaf(xf[i], xf[i], sum_sq);
+      }
+      sum_sq = BlockSum(sum_sq, scratch);
+    }
+    if (threadIdx.x == 0) scale[m] = kNorm ? rsqrtf(sum_sq / static_cast<float>(p.k) + p.eps) : 1.0f;
+  }
+
+  // Each segment: 4 chunks per lane, one reduction, one partial sum per row of x.
+  const int32_t count = WarpSegments<kWarps>(s, warp);
+  for (int32_t i = 0; i < count; ++i) {
+    IssueSegment<kRanges, kWarps, kSlots>(p, s, warp, lane, i + kSlots - 1, ring, policy);  // into the slot i - 1 left
+    CpAsyncWait<kSlots - 1>();  // this lane's part of segment i has landed
+    __syncwarp();               // ... and every lane's
+    const int32_t seg = warp + kWarps * i;
+    const int32_t col_seg = seg % s.segs_per_row;  // range_segs is a multiple of segs_per_row
+    const uint4* slot = reinterpret_cast<const uint4*>(smem + (warp * kSlots + i % kSlots) * kSegBytes);
+    uint4 wraw[kChunksPerLane];
+#pragma unroll
+    for (int j = 0; j < kChunksPerLane; ++j) wraw[j] = slot[lane + 32 * j];
+    __syncwarp();  // every lane has read the slot before the next iteration refills it
+    float acc[kM];
+#pragma unroll
+    for (int m = 0; m < kM; ++m) acc[m] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kChunksPerLane; ++j) {
+      const int64_t c = static_cast<int64_t>(col_seg) * kSegChunks + lane + 32 * j;  // chunk of the row, of x
+      float wf[8];
+      Unpack8(wraw[j], wf);
+      if constexpr (kNorm) {
+        // (x * inv_rms * g) . w == inv_rms * (x . (w * g)): scale the weights, inv_rms at the end.
+        float gf[8];
+        Unpack8(__ldg(g + c), gf);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) wf[e] *= gf[e];
+      }
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        float xf[8];
+        Unpack8(__ldg(x + m * chunks_per_row + c), xf);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[m] = fmaf(wf[e], xf[e], acc[m]);
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      acc[m] = WarpSum(acc[m]);
+      if (lane == 0) partials[seg * kM + m] = acc[m];
+    }
+  }
+  __syncthreads();  // every segment's partial sums and scale[] are in
+
+  // Each output row: its segments summed in order (a fixed order: the result does not depend on
+  // timing), then the epilogue.
+  for (int64_t row = warp; row < s.rows; row += kWarps) {
+    const int64_t n = s.n0 + row * gridDim.x;
+    float v[kRanges][kM];
+#pragma unroll
+    for (int r = 0; r < kRanges; ++r) {
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        const int32_t first = r * s.range_segs + static_cast<int32_t>(row) * s.segs_per_row;
+        float a = 0.0f;
+        for (int32_t t = lane; t < s.segs_per_row; t += 32) a += partials[(first + t) * kM + m];
+        v[r][m] = WarpSum(a) * scale[m] + (p.bias != nullptr ? __bfloat162float(p.bias[r * p.n + n]) : 0.0f);
+      }
+    }
+    if (lane != 0) continue;
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      Out* out = static_cast<Out*>(p.out) + m * p.n + n;
+      if constexpr (kSilu) {
+        const float gv = v[0][m];
+        *out = __float2bfloat16_rn(gv / (1.0f + __expf(-gv)) * v[kRanges - 1][m]);
+      } else if constexpr (kEpilogue == SmallMGemvEpilogue::kAddToOut) {
+        *out = __float2bfloat16_rn(v[0][m] + __bfloat162float(*out));
+      } else if constexpr (sizeof(Out) == 4) {
+        *out = v[0][m];
+      } else {
+        *out = __float2bfloat16_rn(v[0][m]);
+      }
+    }
+  }
+}
+
+template <int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
+cudaError_t LaunchInstance(const SmallMGemvParams& p, unsigned int ctas, size_t partial_bytes, cudaStream_t stream) {
+  auto launch = [&](auto* kernel, int warps, size_t ring_bytes) {
+    const size_t smem_bytes = ring_bytes + partial_bytes;
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes));
+    if (err != cudaSuccess) return err;
+    return LaunchKernelWithSmem(p.programmatic, kernel, dim3(ctas), dim3(warps * 32), smem_bytes, stream, p);
+  };
+  // One row of x: 32 warps x 3 slots (measured best of 8 x 6, 16 x 3, 16 x 6, 24 x 4 and 32 x 3 on an
+  // H100); more rows need more registers than 1024 threads leave: 16 x 6.
+  if constexpr (kM == 1) {
+    return launch(StreamedGemvKernel<32, 3, kM, kNorm, kEpilogue, Out>, 32, RingBytes<32, 3>());
+  } else {
+    return launch(StreamedGemvKernel<16, 6, kM, kNorm, kEpilogue, Out>, 16, RingBytes<16, 6>());
+  }
+}
+
+template <int kM>
+cudaError_t LaunchRows(const SmallMGemvParams& p, unsigned int ctas, size_t partial_bytes, cudaStream_t stream) {
+  const bool norm = p.norm_weight != nullptr;
+  using E = SmallMGemvEpilogue;
+  switch (p.epilogue) {
+    case E::kStore:
+      if (p.out_is_f32) {
+        return norm ? LaunchInstance<kM, true, E::kStore, float>(p, ctas, partial_bytes, stream)
+                    : LaunchInstance<kM, false, E::kStore, float>(p, ctas, partial_bytes, stream);
+      }
+      return norm ? LaunchInstance<kM, true, E::kStore, __nv_bfloat16>(p, ctas, partial_bytes, stream)
+                  : LaunchInstance<kM, false, E::kStore, __nv_bfloat16>(p, ctas, partial_bytes, stream);
+    case E::kAddToOut: return LaunchInstance<kM, false, E::kAddToOut, __nv_bfloat16>(p, ctas, partial_bytes, stream);
+    case E::kSiluMul: return LaunchInstance<kM, true, E::kSiluMul, __nv_bfloat16>(p, ctas, partial_bytes, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+int64_t Ctas(const SmallMGemvParams& p, int num_sms) { return std::min<int64_t>(num_sms > 0 ? num_sms : 132, p.n); }
+
+size_t PartialBytes(const SmallMGemvParams& p, int num_sms) {
+  const int64_t ctas = Ctas(p, num_sms);
+  const int64_t ranges = p.epilogue == SmallMGemvEpilogue::kSiluMul ? 2 : 1;
+  const int64_t segs = ranges * ((p.n + ctas - 1) / ctas) * (p.k / (8 * kSegChunks));
+  return static_cast<size_t>(segs) * p.m * sizeof(float);
+}
+
+}  // namespace
+
+bool StreamedGemvSupports(const SmallMGemvParams& p, int num_sms) {
+  return SmallMGemvSupports(p.m, p.k, p.x, p.weight) && p.k % (8 * kSegChunks) == 0 && p.n >= 1 &&
+         PartialBytes(p, num_sms) <= kMaxPartialBytes;
+}
+
+cudaError_t LaunchStreamedGemv(const SmallMGemvParams& p, cudaStream_t stream) {
+  if (!StreamedGemvSupports(p, p.num_sms)) return cudaErrorInvalidValue;
+  const size_t smem = PartialBytes(p, p.num_sms);
+  const auto grid = static_cast<unsigned int>(Ctas(p, p.num_sms));
+  switch (p.m) {
+    case 1: return LaunchRows<1>(p, grid, smem, stream);
+    case 2: return LaunchRows<2>(p, grid, smem, stream);
+    case 3: return LaunchRows<3>(p, grid, smem, stream);
+    default: return LaunchRows<4>(p, grid, smem, stream);
+  }
+}
+
+}  // namespace tandem::kernels

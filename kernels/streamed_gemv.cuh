@@ -1,0 +1,39 @@
+// The small-M GEMV (kernels/small_m_gemv.cuh: same params, epilogues and fused prologue) with the
+// weights streamed through shared memory (cp.async) instead of through registers.
+//
+// Why: the register kernel keeps 4 KB per warp in flight, and its grid is whole warps of rows, so
+// a GEMV ends in a tail where part of the SMs have no rows left. Decode GEMVs of the Llama-8B
+// shape measured 71-87% of the read bandwidth back to back (the LM head, 15 waves, 100%).
+// Here each SM gets one CTA and every G-th row (G CTAs, one per SM: equal shares within a row, and
+// at any moment the CTAs read neighbouring rows), streamed in 2 KB segments of one row: warp w of
+// 32 (16 for more rows of x) takes segments w, w + 32, ... through its own ring of 3 slots (6)
+// with cp.async: 192 KB per CTA, 128 KB in flight, no barrier between warps; each lane 4 chunks
+// per segment, the warp one reduction. All CTAs end together, and the first segments are
+// requested before the programmatic wait (the weights are immutable).
+// A segment's partial sums stay in shared memory; at the end each row sums its segments in a fixed
+// order, so the result does not depend on timing (graph replay and eager launches agree bit for bit).
+//
+// Measured (H100, 2026-11-26; benchmarks/RESULTS.md): back to back with PDL, 85 / 87 / 75 / 90 /
+// 92% of the read bandwidth for the Llama-8B q / qkv / o / gate|up / down GEMVs (register kernel
+// 75 / 72 / 72 / 87 / 84%); 8 warps x 6 slots 77 / 76 / 65 / 86 / 73%, 16 x 6 79 / 83 / 67 / 90 / 94%.
+// Tried first: 16 KB stages consumed by all warps of the CTA with a barrier per
+// stage and a reduction per 512 bytes, loaded by one thread's bulk copies (cp.async.bulk, mbarrier)
+// or by every thread's cp.async: 35-54% of the read bandwidth, limited by instructions issued (~125
+// per 16 bytes; ncu: DRAM 34% busy, 10 cycles between a warp's instructions), not by memory.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/small_m_gemv.cuh"
+
+namespace tandem::kernels {
+
+// Whether the streamed kernel takes this GEMV: SmallMGemvSupports, k a multiple of 1024 (whole 2 KB
+// segments per row), and the partial sums (one per segment and row of x) within 64 KB.
+bool StreamedGemvSupports(const SmallMGemvParams& params, int num_sms);
+
+// cudaErrorInvalidValue for a GEMV StreamedGemvSupports refuses; else as LaunchSmallMGemv.
+// Uses params.programmatic and num_sms (0: 132); ignores columns_per_warp and l2_prefetch_bytes.
+cudaError_t LaunchStreamedGemv(const SmallMGemvParams& params, cudaStream_t stream);
+
+}  // namespace tandem::kernels
