@@ -15,6 +15,7 @@
 #include "kernels/paged_attention.cuh"
 #include "kernels/paged_decode_attention.cuh"
 #include "kernels/paged_prefill_attention.cuh"
+#include "kernels/paged_prefill_attention_wgmma.cuh"
 #include "kernels/rms_norm.cuh"
 #include "kernels/sample_rows.cuh"
 #include "kernels/rope_write_kv.cuh"
@@ -110,6 +111,8 @@ Status CudaBackend::Init() {
   }
   num_sms_ = prop.multiProcessorCount;
   sm90_ = prop.major >= 9;
+  // The wgmma kernel is built for sm_90a, which runs on compute capability 9.0 alone.
+  wgmma_prefill_attention_ = wgmma_prefill_attention_requested_ && prop.major == 9 && prop.minor == 0;
   programmatic_launch_ = programmatic_launch_requested_ && sm90_;
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
@@ -122,9 +125,11 @@ Status CudaBackend::Init() {
   TANDEM_RETURN_IF_ERROR(sample_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(kv_ids_upload_.Init(stream_));
   TANDEM_RETURN_IF_ERROR(attention_metadata_.Init(stream_));
-  spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}",
-               device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
-               fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off");
+  spdlog::info(
+      "cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}, wgmma "
+      "prefill attention {}",
+      device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
+      fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off", wgmma_prefill_attention_ ? "on" : "off");
   return OkStatus();
 }
 
@@ -449,6 +454,11 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
     }
     p.partial = attention_partial_;
     TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
+    return OkStatus();
+  }
+  if (wgmma_prefill_attention_ && kernels::PagedPrefillAttentionWgmmaSupports(params.head_dim, group)) {
+    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedPrefillAttentionWgmma(
+        WorkItemAttentionParams(q, cache, out, view, params, meta), stream_));
     return OkStatus();
   }
   if (kernels::PagedPrefillAttentionSupports(params.head_dim, group)) {

@@ -110,6 +110,8 @@ class CudaBackend final : public Backend {
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
   int device() const { return device_; }
+  // Whether prefill attention goes through the wgmma kernel where it supports the shape.
+  bool wgmma_prefill_attention() const { return wgmma_prefill_attention_; }
   cudaStream_t stream() const { return stream_; }
 
  private:
@@ -119,7 +121,8 @@ class CudaBackend final : public Backend {
         cuda_core_decode_attention_(options.cuda_core_decode_attention),
         fuse_small_batch_(options.fuse_small_batch),
         programmatic_launch_requested_(options.programmatic_launch),
-        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp) {}
+        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
+        wgmma_prefill_attention_requested_(options.wgmma_prefill_attention) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
@@ -149,6 +152,8 @@ class CudaBackend final : public Backend {
   bool programmatic_launch_ = false;  // requested and the device is sm_90+
   int small_m_gemv_columns_per_warp_;
   bool sm90_ = false;  // constant after Init
+  const bool wgmma_prefill_attention_requested_;
+  bool wgmma_prefill_attention_ = false;  // requested and the device is compute capability 9.0 (sm_90a)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

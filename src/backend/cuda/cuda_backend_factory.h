@@ -23,6 +23,10 @@ struct CudaBackendOptions {
   bool programmatic_launch = true;
   // Output columns per warp of the small-M GEMV: 1 or 2; 0 lets the kernel pick (benchmarks).
   int small_m_gemv_columns_per_warp = 0;
+  // Prefill attention through the wgmma kernel (kernels/paged_prefill_attention_wgmma.cuh) on
+  // devices of compute capability 9.0 for the shapes it supports; off (or elsewhere): the mma.sync
+  // kernel (kernels/paged_prefill_attention.cuh), the "before" of benchmarks and tests.
+  bool wgmma_prefill_attention = true;
 };
 
 // Selects `device`, creates the backend's stream and cuBLAS handle. InvalidArgument for a device
