@@ -13,6 +13,7 @@ constexpr int kWarpgroups = 2;
 constexpr int kThreads = 128 * kWarpgroups;
 constexpr int kRows = kPagedPrefillAttentionRows;  // 64 per warpgroup
 constexpr int kKeys = 128;                         // keys per K/V tile
+constexpr int kStages = 3;                         // K and V tiles in shared memory, each
 constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kRows == 64 * kWarpgroups);
 
@@ -20,13 +21,19 @@ template <int kHeadDim>
 struct WgTile {
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
   static constexpr int kRowsPerPass = kThreads / kChunks;
+  // K/V loads: each thread moves one 16-byte chunk of kRunKeys consecutive keys (one block-table
+  // lookup per run where runs never straddle a cache block).
+  static constexpr int kRunKeys = kKeys / kRowsPerPass;
   // Rows are split into 64-element (128-byte) column blocks, each block a swizzled tile of its own.
   static constexpr uint32_t kQBlockBytes = kRows * 128;
   static constexpr uint32_t kKvBlockBytes = kKeys * 128;
   static constexpr uint32_t kQBytes = kHeadDim / 64 * kQBlockBytes;
   static constexpr uint32_t kKvBytes = kHeadDim / 64 * kKvBlockBytes;
-  // Q, K[2], V[2], after up to 1024 bytes that align the swizzle pattern.
-  static constexpr size_t kSmemBytes = 1024 + kQBytes + 4 * kKvBytes;
+  // Per row: the row of q / out as [tokens * heads][head_dim] (-1: padding), its position and first
+  // visible key; per warp of rows: the least first and the largest position.
+  static constexpr uint32_t kRowInfoBytes = 3 * kRows * sizeof(int32_t) + 2 * (kRows / 32) * sizeof(int32_t);
+  // Up to 1024 bytes that align the swizzle pattern, Q, K[kStages], V[kStages], the row info.
+  static constexpr size_t kSmemBytes = 1024 + kQBytes + 2 * kStages * kKvBytes + kRowInfoBytes;
   static constexpr int kAccum = kHeadDim / 2;  // O accumulator floats per thread
   static_assert(kThreads % kChunks == 0 && kKeys % kRowsPerPass == 0 && kRows % kRowsPerPass == 0);
 };
@@ -34,6 +41,20 @@ struct WgTile {
 // Byte offset of (row, 16-byte chunk) in a tile whose 64-element column blocks are `block_bytes` apart.
 __device__ __forceinline__ uint32_t TileOffset(int row, int chunk, uint32_t block_bytes) {
   return static_cast<uint32_t>(chunk >> 3) * block_bytes + Swizzle128Offset(row, chunk & 7);
+}
+
+// Max / sum of v[0 .. kWidth * 2) into v[0], as a tree (short dependency chains).
+template <int kWidth, int kN>
+__device__ __forceinline__ void TreeMax(float (&v)[kN]) {
+#pragma unroll
+  for (int j = 0; j < kWidth; ++j) v[j] = fmaxf(v[j], v[j + kWidth]);
+  if constexpr (kWidth > 1) TreeMax<kWidth / 2>(v);
+}
+template <int kWidth, int kN>
+__device__ __forceinline__ void TreeSum(float (&v)[kN]) {
+#pragma unroll
+  for (int j = 0; j < kWidth; ++j) v[j] += v[j + kWidth];
+  if constexpr (kWidth > 1) TreeSum<kWidth / 2>(v);
 }
 
 __device__ __forceinline__ void PvWgmma(float (&o)[32], const uint32_t (&a)[4], uint64_t desc) {
@@ -53,12 +74,13 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
 #else
   using T = WgTile<kHeadDim>;
   extern __shared__ __align__(1024) unsigned char smem[];
-  __shared__ int64_t s_offset[kRows];  // element offset of the row in q and out; -1: padding row
-  __shared__ int32_t s_pos[kRows], s_first[kRows];
-  __shared__ int32_t s_range[2][kRows / 32];
   const uint32_t q_smem = (SmemAddr(smem) + 1023u) & ~1023u;
-  const uint32_t k_smem = q_smem + T::kQBytes;       // K[stage]: k_smem + stage * kKvBytes
-  const uint32_t v_smem = k_smem + 2 * T::kKvBytes;  // V[stage]: v_smem + stage * kKvBytes
+  const uint32_t k_smem = q_smem + T::kQBytes;             // K[stage]: k_smem + stage * kKvBytes
+  const uint32_t v_smem = k_smem + kStages * T::kKvBytes;  // V[stage]: v_smem + stage * kKvBytes
+  int32_t* s_qrow = reinterpret_cast<int32_t*>(smem + (v_smem + kStages * T::kKvBytes - SmemAddr(smem)));
+  int32_t* s_pos = s_qrow + kRows;
+  int32_t* s_first = s_pos + kRows;
+  int32_t* s_range = s_first + kRows;  // [2][kRows / 32]
 
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -71,38 +93,38 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
   const int32_t token_count = p.work_items[3 * item + 2];
   const int32_t kv_head = blockIdx.y;
   const int32_t group = p.num_heads / p.num_kv_heads;
-  const int64_t row_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
 
   // Tile row r is query head r % group of token r / group (warps 0..3 cover the 128 rows).
   if (tid < kRows) {
     const int r = tid;
     const int32_t local = r / group;
-    int32_t pos = -1, first = INT_MAX;
-    int64_t offset = -1;
+    int32_t pos = -1, first = INT_MAX, qrow = -1;
     if (local < token_count) {
       const int32_t token = token_begin + local;
       pos = p.positions[token];
       first = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0;
-      offset = token * row_stride + static_cast<int64_t>(kv_head * group + r % group) * kHeadDim;
+      qrow = token * p.num_heads + kv_head * group + r % group;
     }
-    s_offset[r] = offset;
+    s_qrow[r] = qrow;
     s_pos[r] = pos;
     s_first[r] = first;
     const int32_t lo = __reduce_min_sync(0xffffffffu, first);
     const int32_t hi = __reduce_max_sync(0xffffffffu, pos);
     if (lane == 0) {
-      s_range[0][r / 32] = lo;
-      s_range[1][r / 32] = hi;
+      s_range[r / 32] = lo;
+      s_range[kRows / 32 + r / 32] = hi;
     }
   }
   __syncthreads();
   int32_t kmin = INT_MAX, kmax = -1;  // keys any row of the CTA sees
 #pragma unroll
   for (int w = 0; w < kRows / 32; ++w) {
-    kmin = min(kmin, s_range[0][w]);
-    kmax = max(kmax, s_range[1][w]);
+    kmin = min(kmin, s_range[w]);
+    kmax = max(kmax, s_range[kRows / 32 + w]);
   }
   if (kmax < 0) return;  // no row (uniform over the CTA)
+  // Tiles start at a multiple of kRunKeys (keys below the least first are masked for every row).
+  kmin &= ~(T::kRunKeys - 1);
 
   // Loads: thread tid moves 16-byte chunk tid % kChunks of rows tid / kChunks + k * kRowsPerPass.
   const int chunk = tid % T::kChunks;
@@ -110,28 +132,48 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
 #pragma unroll
   for (int k = 0; k < kRows / T::kRowsPerPass; ++k) {
     const int r = row0 + k * T::kRowsPerPass;
-    const int64_t offset = s_offset[r];
-    CpAsync16(q_smem + TileOffset(r, chunk, T::kQBlockBytes), p.q + (offset < 0 ? 0 : offset + chunk * 8),
-              offset >= 0);
+    const int32_t qrow = s_qrow[r];
+    CpAsync16(q_smem + TileOffset(r, chunk, T::kQBlockBytes),
+              p.q + (qrow < 0 ? 0 : static_cast<int64_t>(qrow) * kHeadDim + chunk * 8), qrow >= 0);
   }
   const int32_t* table = p.block_tables + static_cast<int64_t>(seq) * p.max_blocks_per_seq;
-  const int64_t block_elems = static_cast<int64_t>(p.num_kv_heads) * p.block_size * kHeadDim;
+  const int32_t block_elems = p.num_kv_heads * p.block_size * kHeadDim;
   const int64_t head_elems = static_cast<int64_t>(kv_head) * p.block_size * kHeadDim + chunk * 8;
   // Power-of-two block sizes (the usual ones) split a position with a shift instead of a division.
   const int32_t block_shift = (p.block_size & (p.block_size - 1)) == 0 ? __ffs(p.block_size) - 1 : -1;
   // Keys key0 .. key0 + kKeys - 1 of `cache` into the tile at `dst`; keys past kmax are zero-filled.
+  // Thread tid moves chunk tid % kChunks of the run of keys key0 + kRunKeys * (tid / kChunks) ...
+  // (key0 is a multiple of kRunKeys; with a block size that is a multiple of kRunKeys a run lies in
+  // one block, else every key looks its block up).
+  const int run = (tid / T::kChunks) * T::kRunKeys;
+  const bool runs_in_one_block = p.block_size % T::kRunKeys == 0;  // uniform
+  const uint32_t run_dst = TileOffset(run, chunk, T::kKvBlockBytes) & ~uint32_t{0x7F};  // row `run`, no swizzle
   auto load_tile = [&](const __nv_bfloat16* cache, int32_t key0, uint32_t dst) {
-#pragma unroll
-    for (int k = 0; k < kKeys / T::kRowsPerPass; ++k) {
-      const int r = row0 + k * T::kRowsPerPass;
-      const int32_t pos = key0 + r;
-      const bool valid = pos <= kmax;
+    const int32_t first_key = key0 + run;
+    if (runs_in_one_block) {
       int64_t src = 0;
-      if (valid) {
-        const int32_t block = block_shift >= 0 ? pos >> block_shift : pos / p.block_size;
-        src = table[block] * block_elems + static_cast<int64_t>(pos - block * p.block_size) * kHeadDim;
+      if (first_key <= kmax) {
+        const int32_t block = block_shift >= 0 ? first_key >> block_shift : first_key / p.block_size;
+        src = static_cast<int64_t>(table[block]) * block_elems + (first_key - block * p.block_size) * kHeadDim;
       }
-      CpAsync16(dst + TileOffset(r, chunk, T::kKvBlockBytes), cache + head_elems + src, valid);
+      const __nv_bfloat16* src_run = cache + head_elems + src;
+#pragma unroll
+      for (int k = 0; k < T::kRunKeys; ++k) {
+        const uint32_t swizzled = static_cast<uint32_t>(((chunk & 7) ^ ((run + k) & 7)) << 4);
+        CpAsync16(dst + run_dst + k * 128 + swizzled, src_run + k * kHeadDim, first_key + k <= kmax);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < T::kRunKeys; ++k) {
+        const int32_t pos = first_key + k;
+        const bool valid = pos <= kmax;
+        int64_t src = 0;
+        if (valid) {
+          const int32_t block = pos / p.block_size;
+          src = static_cast<int64_t>(table[block]) * block_elems + (pos - block * p.block_size) * kHeadDim;
+        }
+        CpAsync16(dst + TileOffset(run + k, chunk, T::kKvBlockBytes), cache + head_elems + src, valid);
+      }
     }
   };
 
@@ -214,36 +256,52 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      float mx = -INFINITY;
+      // Max and sum as trees over kKeys / 8 partial values (short dependency chains).
+      float part[kKeys / 8];
 #pragma unroll
-      for (int j = 0; j < kKeys / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]));
+      for (int j = 0; j < kKeys / 8; ++j) part[j] = fmaxf(s[4 * j + 2 * i], s[4 * j + 2 * i + 1]);
+      TreeMax<kKeys / 16>(part);
+      float mx = part[0];
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[i], mx);
       const float base = m_new == -INFINITY ? 0.0f : m_new * scale_log2;
       alpha[i] = Exp2(m[i] * scale_log2 - base);
       m[i] = m_new;
-      float sum = 0.0f;
 #pragma unroll
       for (int j = 0; j < kKeys / 8; ++j) {
         s[4 * j + 2 * i] = Exp2(fmaf(s[4 * j + 2 * i], scale_log2, -base));
         s[4 * j + 2 * i + 1] = Exp2(fmaf(s[4 * j + 2 * i + 1], scale_log2, -base));
-        sum += s[4 * j + 2 * i] + s[4 * j + 2 * i + 1];
+        part[j] = s[4 * j + 2 * i] + s[4 * j + 2 * i + 1];
       }
-      l[i] = l[i] * alpha[i] + sum;  // this thread's columns; the quad is summed at the end
+      TreeSum<kKeys / 16>(part);
+      l[i] = l[i] * alpha[i] + part[0];  // this thread's columns; the quad is summed at the end
     }
   };
 
-  // K tile t lives in K[t % 2], V tile t in V[t % 2]. Iteration it (after a barrier that sees K
-  // tile it + 1 and V tile it in shared memory, and every warpgroup done with K tile it and V tile
-  // it - 1) loads K tile it + 2 and V tile it + 1, issues S(it + 1) = Q K(it + 1)^T and then
-  // O += P(it) V(it), runs the softmax of S(it + 1) while P V runs, and rescales O once it is done.
+  // K tile t lives in K[t % kStages], V tile t in V[t % kStages]. Iteration it starts with a
+  // barrier after which K tile it + 1 and V tile it are in shared memory (loaded two iterations
+  // earlier) and every warpgroup is done with K tile it and V tile it - 1; it issues
+  // S(it + 1) = Q K(it + 1)^T and O += P(it) V(it), then loads K tile it + 3 and V tile it + 2 into
+  // the buffers just released while the tensor cores run, runs the softmax of S(it + 1) while P V
+  // runs, and rescales O once it is done.
+  static_assert(kStages == 3);
   const int num_tiles = (kmax - kmin) / kKeys + 1;
-  load_tile(p.k_cache, kmin, k_smem);
-  if (num_tiles > 1) load_tile(p.k_cache, kmin + kKeys, k_smem + T::kKvBytes);
-  load_tile(p.v_cache, kmin, v_smem);
-  CpAsyncCommit();  // Q, K tiles 0 and 1, V tile 0
-  CpAsyncWait<0>();
+  auto load_k = [&](int tile) {
+    if (tile < num_tiles) load_tile(p.k_cache, kmin + tile * kKeys, k_smem + (tile % kStages) * T::kKvBytes);
+  };
+  auto load_v = [&](int tile) {
+    if (tile < num_tiles) load_tile(p.v_cache, kmin + tile * kKeys, v_smem + (tile % kStages) * T::kKvBytes);
+  };
+  load_k(0);
+  CpAsyncCommit();  // Q, K tile 0
+  load_k(1);
+  load_v(0);
+  CpAsyncCommit();  // K tile 1, V tile 0
+  load_k(2);
+  load_v(1);
+  CpAsyncCommit();  // K tile 2, V tile 1
+  CpAsyncWait<2>();
   FenceProxyAsyncShared();
   __syncthreads();
   {
@@ -269,15 +327,15 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
   // cannot prove the softmax reads a completed S).
   for (int it = 0; it + 1 < num_tiles; ++it) {
     const int32_t key0 = kmin + it * kKeys;
-    CpAsyncWait<0>();
+    pack_p();
+    CpAsyncWait<1>();  // the loads of iteration it - 2 (or the prologue's); it - 1's may still run
     FenceProxyAsyncShared();
     __syncthreads();
-    if (it + 2 < num_tiles) load_tile(p.k_cache, key0 + 2 * kKeys, k_smem + (it & 1) * T::kKvBytes);
-    load_tile(p.v_cache, key0 + kKeys, v_smem + ((it + 1) & 1) * T::kKvBytes);
+    issue_s((it + 1) % kStages);
+    issue_pv(pf, it % kStages);
+    load_k(it + 3);
+    load_v(it + 2);
     CpAsyncCommit();
-    pack_p();
-    issue_s((it + 1) & 1);
-    issue_pv(pf, it & 1);
     WgmmaWait<1>();  // S(it + 1) done; P V may still run
 #pragma unroll
     for (int x = 0; x < kKeys / 2; ++x) WgmmaFenceOperand(s[x]);
@@ -295,11 +353,11 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
     }
   }
   // The last tile: P V alone.
+  pack_p();
   CpAsyncWait<0>();
   FenceProxyAsyncShared();
   __syncthreads();
-  pack_p();
-  issue_pv(pf, (num_tiles - 1) & 1);
+  issue_pv(pf, (num_tiles - 1) % kStages);
   WgmmaWait<0>();
 #pragma unroll
   for (int x = 0; x < T::kAccum; ++x) WgmmaFenceOperand(o[x]);
@@ -310,9 +368,9 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const int64_t offset = s_offset[row_base + 8 * i];
-    if (offset < 0) continue;
-    __nv_bfloat16* out = p.out + offset + 2 * t;
+    const int32_t qrow = s_qrow[row_base + 8 * i];
+    if (qrow < 0) continue;
+    __nv_bfloat16* out = p.out + static_cast<int64_t>(qrow) * kHeadDim + 2 * t;
 #pragma unroll
     for (int n = 0; n < kHeadDim / 8; ++n) {
       *reinterpret_cast<__nv_bfloat162*>(out + n * 8) =

@@ -149,6 +149,14 @@ TEST_F(PrefillAttentionParityTest, MixedWithDecodeTokens) {
   Check({64, 8, 1, 64, 0, mixed});
 }
 
+// Block sizes that are no multiple of the wgmma kernel's load runs (8 keys at head dim 128, 4 at 64):
+// a block-table lookup per key.
+TEST_F(PrefillAttentionParityTest, OddBlockSizes) {
+  Check({128, 8, 2, 12, 0, {{0, 300}, {40, 77}}});
+  Check({128, 4, 4, 4, 20, {{0, 1}, {100, 150}}});
+  Check({64, 8, 2, 6, 0, {{33, 200}}});
+}
+
 TEST_F(PrefillAttentionParityTest, LongContexts) {
   Check({128, 8, 2, 16, 0, {{0, 4133}}});
   Check({64, 8, 2, 32, 0, {{4000, 300}, {4095, 1}}});
