@@ -49,7 +49,9 @@ __device__ __forceinline__ void WgmmaFenceOperand(uint32_t& r) { asm volatile(""
 
 // Orders this thread's earlier generic-proxy shared-memory writes (st.shared, cp.async once waited)
 // before later async-proxy reads (wgmma operands); a barrier then publishes them to the CTA.
-__device__ __forceinline__ void FenceProxyAsyncShared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void FenceProxyAsyncShared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
 
 // d (64 x 128, fp32) = a (64 x 16, shared memory, K-major) * b (128 x 16, shared memory, K-major)
 // + (accumulate ? d : 0).

@@ -1,9 +1,10 @@
 // Prefill attention alone at the Llama-3.1-8B shape (32 query heads, 8 KV heads, head dim 128,
 // causal, one sequence of T tokens, block size 16, blocks scattered over the cache): the
-// wgmma prefill kernel (sm_90a), the mma.sync tensor-core kernel it replaced and the CUDA-core
-// paged kernel before that, beside two limits measured
-// in the same run — the bf16 mma.sync.m16n8k16 rate (the instruction the kernel uses; a probe with
-// no memory traffic) and cuBLAS's bf16 GEMM rate (8192^3; wgmma). Causal FLOPs:
+// wgmma prefill kernel (sm_90a; on compute capability 9.0 only), the mma.sync tensor-core kernel it
+// replaced and the CUDA-core paged kernel before that, beside two limits measured in the same run —
+// the bf16 mma.sync.m16n8k16 rate (a probe with no memory traffic) and cuBLAS's bf16 GEMM rate
+// (8192^3, wgmma: the floor column). Each tensor-core kernel's output is compared with the CUDA-core
+// kernel's on the same inputs. Causal FLOPs:
 // 4 * heads * head_dim * T (T + 1) / 2. Inputs rotate over four sets so repeated runs do not
 // measure the L2 cache; each time is the median of 20 runs after 5 warm-ups, with device events.
 // benchmarks/gpu/sdpa_bench.py measures PyTorch's flash SDPA on the same shape.
@@ -33,7 +34,7 @@ namespace {
 
 constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlockSize = 16, kSets = 4;
 
-// Only the two attention kernels and cuBLAS are linked in (no backend): the bundle stays small.
+// Only the attention kernels and cuBLAS are used (no backend).
 class DeviceMemory {
  public:
   ~DeviceMemory() {
