@@ -7,10 +7,11 @@
 // One CTA (two warpgroups of 64 rows) takes one work item for one KV head: its 128 rows are
 // (token, query head) pairs of that KV head, as in the mma.sync kernel, so the work items are the
 // same (PagedPrefillAttentionTileTokens). Q sits in shared memory (128-byte swizzled) for the whole
-// item; K/V tiles of 128 keys are gathered from the paged cache with cp.async into swizzled,
-// double-buffered shared memory. S = Q K^T is wgmma m64n128k16 with both operands in shared memory;
-// P (bf16, from the S registers) times V is wgmma with P in registers and V read MN-major. The next
-// tile's Q K^T runs on the tensor cores while this tile's softmax runs and P V is queued behind it.
+// item; K/V tiles of 128 keys are gathered from the paged cache with cp.async into swizzled
+// three-stage rings (two tiles ahead). S = Q K^T is wgmma m64n128k16 with both operands in shared
+// memory; P (bf16, from the S registers) times V is wgmma with P in registers and V read MN-major.
+// Each iteration issues the next tile's Q K^T and this tile's P V together and runs the next tile's
+// softmax while P V runs.
 // Head dims 64 and 128; any block size; group sizes up to 128.
 #pragma once
 
