@@ -193,7 +193,7 @@ if [ "$run_bench" = 1 ]; then
   echo "== gpu_engine_bench --no-cuda-graphs (the same, decode steps launched eagerly)"
   "$bin/gpu_engine_bench" --config "$bundle/configs/llama-3.1-8b.json" --no-cuda-graphs 2>&1 |
     tee "$OUT/bench_no_graphs.log" || status=1
-  echo "== prefill attention alone (tensor-core and CUDA-core kernels, torch flash SDPA; same shape)"
+  echo "== prefill attention alone (wgmma, mma.sync and CUDA-core kernels, torch flash SDPA; same shape)"
   "$bin/prefill_attention_bench" 2>&1 | tee "$OUT/attention_bench.log" || status=1
   python3 "$bundle/sdpa_bench.py" 2>&1 | tee -a "$OUT/attention_bench.log" || status=1
 fi

@@ -1,8 +1,10 @@
 // Prefill attention alone at the Llama-3.1-8B shape (32 query heads, 8 KV heads, head dim 128,
 // causal, one sequence of T tokens, block size 16, blocks scattered over the cache): the
-// tensor-core prefill kernel and the CUDA-core paged kernel it replaced, beside two limits measured
-// in the same run — the bf16 mma.sync.m16n8k16 rate (the instruction the kernel uses; a probe with
-// no memory traffic) and cuBLAS's bf16 GEMM rate (8192^3; wgmma). Causal FLOPs:
+// wgmma prefill kernel (sm_90a; on compute capability 9.0 only), the mma.sync tensor-core kernel it
+// replaced and the CUDA-core paged kernel before that, beside two limits measured in the same run —
+// the bf16 mma.sync.m16n8k16 rate (a probe with no memory traffic) and cuBLAS's bf16 GEMM rate
+// (8192^3, wgmma: the floor column). Each tensor-core kernel's output is compared with the CUDA-core
+// kernel's on the same inputs. Causal FLOPs:
 // 4 * heads * head_dim * T (T + 1) / 2. Inputs rotate over four sets so repeated runs do not
 // measure the L2 cache; each time is the median of 20 runs after 5 warm-ups, with device events.
 // benchmarks/gpu/sdpa_bench.py measures PyTorch's flash SDPA on the same shape.
@@ -25,13 +27,14 @@
 #include "benchmarks/gpu/bench_kernels.cuh"
 #include "kernels/paged_attention.cuh"
 #include "kernels/paged_prefill_attention.cuh"
+#include "kernels/paged_prefill_attention_wgmma.cuh"
 
 namespace tandem {
 namespace {
 
 constexpr int kHeads = 32, kKvHeads = 8, kHeadDim = 128, kBlockSize = 16, kSets = 4;
 
-// Only the two attention kernels and cuBLAS are linked in (no backend): the bundle stays small.
+// Only the attention kernels and cuBLAS are used (no backend).
 class DeviceMemory {
  public:
   ~DeviceMemory() {
@@ -136,7 +139,9 @@ Status Run(const std::vector<int>& token_counts, cudaStream_t s, cublasHandle_t 
   std::printf("| limit | rate |\n| --- | --- |\n");
   std::printf("| bf16 mma.sync.m16n8k16 probe | %.0f TFLOP/s |\n", mma_rate / 1e12);
   std::printf("| cuBLAS bf16 GEMM 8192^3 | %.0f TFLOP/s |\n\n", gemm_rate / 1e12);
-  std::printf("| T | kernel | ms | TFLOP/s | floor ms (mma.sync) | floor / time | max rel diff vs CUDA-core |\n");
+  // The wgmma kernel runs on compute capability 9.0 alone (built for sm_90a).
+  const bool wgmma = prop.major == 9 && prop.minor == 0;
+  std::printf("| T | kernel | ms | TFLOP/s | floor ms (cuBLAS rate) | floor / time | rel diff vs CUDA-core |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- |\n");
 
   const int group = kHeads / kKvHeads;
@@ -150,6 +155,7 @@ Status Run(const std::vector<int>& token_counts, cudaStream_t s, cublasHandle_t 
       TANDEM_ASSIGN_OR_RETURN(k[i], Random(s, cache_elems, 11 + 3 * i));
       TANDEM_ASSIGN_OR_RETURN(v[i], Random(s, cache_elems, 12 + 3 * i));
     }
+    TANDEM_ASSIGN_OR_RETURN(auto out_wg, DeviceMemory::Make(q_elems * 2));
     TANDEM_ASSIGN_OR_RETURN(auto out_new, DeviceMemory::Make(q_elems * 2));
     TANDEM_ASSIGN_OR_RETURN(auto out_old, DeviceMemory::Make(q_elems * 2));
     std::vector<int32_t> table(blocks_per_seq), positions(t);
@@ -188,32 +194,52 @@ Status Run(const std::vector<int>& token_counts, cudaStream_t s, cublasHandle_t 
           kernels::LaunchPagedPrefillAttention(params(rep, out_new->data(), d_new->data(), items_new.size()), s),
           "prefill attention");
     };
+    auto launch_wg = [&](int rep) {
+      return CudaErrorToStatus(
+          kernels::LaunchPagedPrefillAttentionWgmma(params(rep, out_wg->data(), d_new->data(), items_new.size()), s),
+          "wgmma prefill attention");
+    };
     auto launch_old = [&](int rep) {
       return CudaErrorToStatus(
           kernels::LaunchPagedAttention(params(rep, out_old->data(), d_old->data(), items_old.size()), s),
           "paged attention");
     };
+    double wg_s = 0;
+    if (wgmma) {
+      TANDEM_ASSIGN_OR_RETURN(wg_s, Time(s, launch_wg));
+    }
     TANDEM_ASSIGN_OR_RETURN(double new_s, Time(s, launch_new));
     TANDEM_ASSIGN_OR_RETURN(double old_s, Time(s, launch_old));
-    // Same inputs (the last set both ran on): the two kernels must agree.
+    // Same inputs (the last set all ran on): the kernels must agree.
+    if (wgmma) TANDEM_RETURN_IF_ERROR(launch_wg(24));
     TANDEM_RETURN_IF_ERROR(launch_new(24));
     TANDEM_RETURN_IF_ERROR(launch_old(24));
-    std::vector<uint16_t> a(q_elems), b(q_elems);
-    TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(a.data(), out_new->data(), q_elems * 2, cudaMemcpyDeviceToHost, s));
-    TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(b.data(), out_old->data(), q_elems * 2, cudaMemcpyDeviceToHost, s));
-    TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
-    const std::vector<float> fa = ToFloat(a), fb = ToFloat(b);
-    double diff = 0, norm = 0;
-    for (size_t i = 0; i < q_elems; ++i) {
-      diff += (fa[i] - fb[i]) * static_cast<double>(fa[i] - fb[i]);
-      norm += fb[i] * static_cast<double>(fb[i]);
-    }
-    const double rel = std::isfinite(diff) ? std::sqrt(diff / norm) : INFINITY;
+    auto download = [&](const DeviceMemory& d) -> StatusOr<std::vector<float>> {
+      std::vector<uint16_t> bits(q_elems);
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(bits.data(), d.data(), q_elems * 2, cudaMemcpyDeviceToHost, s));
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+      return ToFloat(bits);
+    };
+    TANDEM_ASSIGN_OR_RETURN(const std::vector<float> fb, download(*out_old));
+    auto rel_diff = [&](const std::vector<float>& fa) {
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < q_elems; ++i) {
+        diff += (fa[i] - fb[i]) * static_cast<double>(fa[i] - fb[i]);
+        norm += fb[i] * static_cast<double>(fb[i]);
+      }
+      return std::isfinite(diff) ? std::sqrt(diff / norm) : INFINITY;
+    };
+    TANDEM_ASSIGN_OR_RETURN(const std::vector<float> fn, download(*out_new));
     const double flops = 4.0 * kHeads * kHeadDim * static_cast<double>(t) * (t + 1) / 2;
-    const double floor_s = flops / mma_rate;
-    std::printf("| %d | tensor-core prefill | %.3f | %.0f | %.3f | %.0f%% | %.2e |\n", t, new_s * 1e3,
-                flops / new_s / 1e12, floor_s * 1e3, 100 * floor_s / new_s, rel);
-    std::printf("| %d | CUDA-core paged (old) | %.3f | %.0f | %.3f | %.0f%% | - |\n", t, old_s * 1e3,
+    const double floor_s = flops / gemm_rate;
+    if (wgmma) {
+      TANDEM_ASSIGN_OR_RETURN(const std::vector<float> fw, download(*out_wg));
+      std::printf("| %d | wgmma prefill | %.3f | %.0f | %.3f | %.0f%% | %.2e |\n", t, wg_s * 1e3, flops / wg_s / 1e12,
+                  floor_s * 1e3, 100 * floor_s / wg_s, rel_diff(fw));
+    }
+    std::printf("| %d | mma.sync prefill | %.3f | %.0f | %.3f | %.0f%% | %.2e |\n", t, new_s * 1e3,
+                flops / new_s / 1e12, floor_s * 1e3, 100 * floor_s / new_s, rel_diff(fn));
+    std::printf("| %d | CUDA-core paged | %.3f | %.0f | %.3f | %.0f%% | - |\n", t, old_s * 1e3,
                 flops / old_s / 1e12, floor_s * 1e3, 100 * floor_s / old_s);
   }
   return OkStatus();

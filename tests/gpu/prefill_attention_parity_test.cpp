@@ -1,7 +1,10 @@
-// The tensor-core prefill attention kernel (kernels/paged_prefill_attention.cu), reached through
-// CudaBackend::Attention on non-decode batches, against the CPU backend's attention: fresh random
-// inputs per case, the output poisoned with NaN before each run and every element compared,
-// ||out - ref|| / ||ref|| <= 1e-2 (bf16 operands, fp32 softmax and accumulators).
+// The tensor-core prefill attention kernels, reached through CudaBackend::Attention on non-decode
+// batches, against the CPU backend's attention: every case through the wgmma kernel
+// (kernels/paged_prefill_attention_wgmma.cu; on a device of compute capability 9.0, else the
+// backend falls back) and through the mma.sync kernel (kernels/paged_prefill_attention.cu, the
+// backend's wgmma_prefill_attention option off). Fresh random inputs per case and kernel, the output
+// poisoned with NaN before each run and every element compared, ||out - ref|| / ||ref|| <= 1e-2
+// (bf16 operands, fp32 softmax and accumulators).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +15,8 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_backend_factory.h"
 #include "gpu_test_support.h"
 
 namespace tandem {
@@ -38,15 +43,31 @@ class PrefillAttentionParityTest : public ::testing::Test {
   void SetUp() override {
     gpu_ = gpu_testing::MakeGpuBackend();
     ASSERT_NE(gpu_, nullptr);
+    CudaBackendOptions options;
+    options.gpu_memory_utilization = 0.1;
+    options.wgmma_prefill_attention = false;
+    auto mma = MakeCudaBackend(options);
+    ASSERT_TRUE(mma.ok()) << mma.status().ToString();
+    gpu_mma_ = std::move(mma).value();
     cpu_ = std::make_unique<CpuBackend>(CpuBackendConfig{0});
   }
   void TearDown() override {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::printf("[ kernel %s ] worst rel err %.3e over %d cases\n", info->name(), worst_, checks_);
+    const auto* cuda = dynamic_cast<const CudaBackend*>(gpu_.get());
+    std::printf("[ kernel %s ] worst rel err %.3e over %d cases (wgmma %s), %.3e (mma.sync)\n", info->name(),
+                worst_[0], checks_, cuda != nullptr && cuda->wgmma_prefill_attention() ? "on" : "off (fallback)",
+                worst_[1]);
   }
 
-  // One batch through both backends; every output element compared.
+  // One batch through the CPU backend and both GPU kernels; every output element compared.
   void Check(const PrefillCase& c) {
+    CheckOn(*gpu_, c, 0);
+    CheckOn(*gpu_mma_, c, 1);
+    ++checks_;
+  }
+
+  void CheckOn(Backend& gpu, const PrefillCase& c, int kernel) {
+    const char* name = kernel == 0 ? "wgmma" : "mma.sync";
     const Batch b = MakeBatch(c, rng_);
     const int64_t t = b.meta.num_tokens, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
     const int64_t cache_elems = static_cast<int64_t>(b.num_blocks) * nkv * c.block_size * hd;
@@ -58,22 +79,33 @@ class PrefillAttentionParityTest : public ::testing::Test {
     const KvLayerView cpu_cache{HostF32(kc, {b.num_blocks, nkv, c.block_size, hd}),
                                 HostF32(vc, {b.num_blocks, nkv, c.block_size, hd})};
     ASSERT_TRUE(cpu_->Attention(HostF32(q, {t, nh * hd}), cpu_cache, params, b.meta, HostF32(ref, {t, nh * hd})).ok());
-    auto dq = Upload(*gpu_, q, DType::kBF16, {t, nh * hd});
-    auto dkc = Upload(*gpu_, kc, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
-    auto dvc = Upload(*gpu_, vc, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
-    auto dout = Poisoned(*gpu_, DType::kBF16, {t, nh * hd});
-    const Status s = gpu_->Attention(dq.t, {dkc.t, dvc.t}, params, b.meta, dout.t);
-    ASSERT_TRUE(s.ok()) << s.ToString() << " " << Describe(c);
-    const double err = RelError(Download(*gpu_, dout.t), ref);
-    worst_ = std::max(worst_, err);
-    ++checks_;
-    EXPECT_LE(err, kBf16Tolerance) << Describe(c);
+    auto dq = Upload(gpu, q, DType::kBF16, {t, nh * hd});
+    auto dkc = Upload(gpu, kc, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
+    auto dvc = Upload(gpu, vc, DType::kBF16, {b.num_blocks, nkv, c.block_size, hd});
+    auto dout = Poisoned(gpu, DType::kBF16, {t, nh * hd});
+    const Status s = gpu.Attention(dq.t, {dkc.t, dvc.t}, params, b.meta, dout.t);
+    ASSERT_TRUE(s.ok()) << s.ToString() << " " << name << " " << Describe(c);
+    const std::vector<float> out = Download(gpu, dout.t);
+    const double err = RelError(out, ref);
+    worst_[kernel] = std::max(worst_[kernel], err);
+    EXPECT_LE(err, kBf16Tolerance) << name << " " << Describe(c);
+    if (!(err <= kBf16Tolerance)) {  // where: the first few elements off by more than the tolerance
+      int shown = 0;
+      for (size_t i = 0; i < out.size() && shown < 4; ++i) {
+        if (std::isfinite(out[i]) && std::fabs(out[i] - ref[i]) <= 0.05f + 0.05f * std::fabs(ref[i])) continue;
+        const int64_t token = static_cast<int64_t>(i) / (nh * hd), head = (static_cast<int64_t>(i) / hd) % nh;
+        ADD_FAILURE() << name << " token " << token << " (position " << b.positions[token] << ") head " << head
+                      << " dim " << i % hd << ": " << out[i] << " vs " << ref[i];
+        ++shown;
+      }
+    }
   }
 
-  std::unique_ptr<Backend> gpu_;
+  std::unique_ptr<Backend> gpu_;      // default options: the wgmma kernel where the device has it
+  std::unique_ptr<Backend> gpu_mma_;  // wgmma_prefill_attention off: the mma.sync kernel
   std::unique_ptr<CpuBackend> cpu_;
   std::mt19937 rng_{4321};
-  double worst_ = 0.0;
+  double worst_[2] = {0.0, 0.0};
   int checks_ = 0;
 };
 
@@ -82,11 +114,22 @@ TEST_F(PrefillAttentionParityTest, OddLengthsEveryShape) {
   const std::vector<Seq> odd{{0, 1}, {0, 7}, {0, 33}, {0, 127}, {0, 1000}};
   for (int32_t hd : {64, 128}) {
     for (int32_t group : {1, 4, 8}) {
-      for (int32_t bs : {16, 32, hd == 64 ? 8 : 64}) {
+      for (int32_t bs : {8, 16, 32, 64}) {
         Check({hd, 2 * group, 2, bs, 0, odd});
       }
     }
   }
+}
+
+// One K/V tile of 128 keys, exactly one, one key more: the wgmma operand layouts without the
+// pipeline, then its first step.
+TEST_F(PrefillAttentionParityTest, OneAndTwoKeyTiles) {
+  Check({128, 1, 1, 16, 0, {{0, 32}}});
+  Check({128, 2, 2, 16, 0, {{0, 64}}});
+  Check({128, 1, 1, 16, 0, {{0, 128}}});
+  Check({128, 1, 1, 16, 0, {{0, 129}}});
+  Check({64, 1, 1, 16, 0, {{0, 64}}});
+  Check({64, 4, 1, 16, 0, {{100, 32}}});
 }
 
 // Chunked prefill: a query chunk after a long cached prefix, chunks not aligned to any tile.
@@ -106,6 +149,14 @@ TEST_F(PrefillAttentionParityTest, MixedWithDecodeTokens) {
   Check({64, 8, 1, 64, 0, mixed});
 }
 
+// Block sizes that are no multiple of the wgmma kernel's load runs (8 keys at head dim 128, 4 at 64):
+// a block-table lookup per key.
+TEST_F(PrefillAttentionParityTest, OddBlockSizes) {
+  Check({128, 8, 2, 12, 0, {{0, 300}, {40, 77}}});
+  Check({128, 4, 4, 4, 20, {{0, 1}, {100, 150}}});
+  Check({64, 8, 2, 6, 0, {{33, 200}}});
+}
+
 TEST_F(PrefillAttentionParityTest, LongContexts) {
   Check({128, 8, 2, 16, 0, {{0, 4133}}});
   Check({64, 8, 2, 32, 0, {{4000, 300}, {4095, 1}}});
@@ -120,9 +171,9 @@ TEST_F(PrefillAttentionParityTest, SlidingWindow) {
 }
 
 // One small batch for compute-sanitizer (memcheck and racecheck): both head dims, a prefix, a
-// decode token, a window.
+// decode token, a window, a chunk over three K/V tiles.
 TEST_F(PrefillAttentionParityTest, SmallBatchForSanitizers) {
-  Check({128, 8, 2, 16, 0, {{70, 33}, {20, 1}}});
+  Check({128, 8, 2, 16, 0, {{70, 33}, {20, 1}, {300, 40}}});
   Check({64, 4, 1, 32, 40, {{0, 90}}});
 }
 

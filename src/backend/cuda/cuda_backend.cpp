@@ -15,6 +15,7 @@
 #include "kernels/paged_attention.cuh"
 #include "kernels/paged_decode_attention.cuh"
 #include "kernels/paged_prefill_attention.cuh"
+#include "kernels/paged_prefill_attention_wgmma.cuh"
 #include "kernels/rms_norm.cuh"
 #include "kernels/sample_rows.cuh"
 #include "kernels/rope_write_kv.cuh"
@@ -114,6 +115,8 @@ Status CudaBackend::Init() {
   }
   num_sms_ = prop.multiProcessorCount;
   sm90_ = prop.major >= 9;
+  // The wgmma kernel is built for sm_90a, which runs on compute capability 9.0 alone.
+  wgmma_prefill_attention_ = wgmma_prefill_attention_requested_ && prop.major == 9 && prop.minor == 0;
   programmatic_launch_ = programmatic_launch_requested_ && sm90_;
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
@@ -130,11 +133,12 @@ Status CudaBackend::Init() {
       cudaMalloc(reinterpret_cast<void**>(&attention_split_counters_), kAttentionSplitCounters * sizeof(int32_t)));
   TANDEM_CUDA_RETURN_IF_ERROR(cudaMemset(attention_split_counters_, 0, kAttentionSplitCounters * sizeof(int32_t)));
   spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}, "
-               "small-batch decode attention: programmatic {}, in-kernel combine {}",
+               "streamed GEMV up to {} rows, small-batch decode attention: programmatic {}, in-kernel combine {}; "
+               "wgmma prefill attention {}",
                device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
-               fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off",
+               fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off", small_m_gemv_streamed_max_rows_,
                programmatic_decode_attention_ && programmatic_launch_ ? "on" : "off",
-               decode_attention_combines_in_kernel_ ? "on" : "off");
+               decode_attention_combines_in_kernel_ ? "on" : "off", wgmma_prefill_attention_ ? "on" : "off");
   return OkStatus();
 }
 
@@ -461,6 +465,11 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
     p.partial = attention_partial_;
     SetSmallBatchDecodeAttention(&p);
     TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
+    return OkStatus();
+  }
+  if (wgmma_prefill_attention_ && kernels::PagedPrefillAttentionWgmmaSupports(params.head_dim, group)) {
+    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedPrefillAttentionWgmma(
+        WorkItemAttentionParams(q, cache, out, view, params, meta), stream_));
     return OkStatus();
   }
   if (kernels::PagedPrefillAttentionSupports(params.head_dim, group)) {

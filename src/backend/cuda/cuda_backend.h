@@ -110,6 +110,8 @@ class CudaBackend final : public Backend {
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
   int device() const { return device_; }
+  // Whether prefill attention goes through the wgmma kernel where it supports the shape.
+  bool wgmma_prefill_attention() const { return wgmma_prefill_attention_; }
   cudaStream_t stream() const { return stream_; }
 
  private:
@@ -122,7 +124,8 @@ class CudaBackend final : public Backend {
         small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
         small_m_gemv_streamed_max_rows_(options.small_m_gemv_streamed_max_rows),
         programmatic_decode_attention_(options.programmatic_decode_attention),
-        decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel) {}
+        decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel),
+        wgmma_prefill_attention_requested_(options.wgmma_prefill_attention) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
@@ -158,6 +161,8 @@ class CudaBackend final : public Backend {
   bool programmatic_decode_attention_;
   bool decode_attention_combines_in_kernel_;
   bool sm90_ = false;  // constant after Init
+  const bool wgmma_prefill_attention_requested_;
+  bool wgmma_prefill_attention_ = false;  // requested and the device is compute capability 9.0 (sm_90a)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

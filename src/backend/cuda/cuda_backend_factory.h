@@ -37,6 +37,10 @@ struct CudaBackendOptions {
   // - decode_attention_combines_in_kernel: with several key splits, the last split CTA of each
   //   (sequence, KV head) combines the partial states; no combine kernel.
   bool decode_attention_combines_in_kernel = false;
+  // Prefill attention through the wgmma kernel (kernels/paged_prefill_attention_wgmma.cuh) on
+  // devices of compute capability 9.0 for the shapes it supports; off (or elsewhere): the mma.sync
+  // kernel (kernels/paged_prefill_attention.cuh), the "before" of benchmarks and tests.
+  bool wgmma_prefill_attention = true;
 };
 
 // Selects `device`, creates the backend's stream and cuBLAS handle. InvalidArgument for a device
