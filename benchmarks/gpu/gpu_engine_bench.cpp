@@ -501,8 +501,13 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
     for (int round = 0; round < 3; ++round) variants.insert(variants.end(), std::begin(kVariants), std::end(kVariants));
   }
   const int measured_steps = 10;
-  // Every batch, every variant: one step that captures its graph, one replay, the measured steps.
-  const int decode_tokens = 16 + static_cast<int>(batches.size() * variants.size()) * (measured_steps + 3);
+  // Output tokens per request (and the cache's size): every batch, every variant one step that
+  // captures its graph, one replay and the measured steps; and the steps of the later requests'
+  // prefill chunks (about max_batch * ctx / 8192), which the first requests, the ones kept for the
+  // smallest batches, decode through as well.
+  const int prefill_steps = max_batch * ctx / 8192 + 8;
+  const int decode_tokens =
+      16 + prefill_steps + static_cast<int>(batches.size() * variants.size()) * (measured_steps + 3);
   EngineConfig ec;
   ec.block_size = 16;
   ec.max_num_batched_tokens = 8192;
