@@ -20,6 +20,17 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
+// The 8 bf16 of a 16-byte load as floats.
+__device__ __forceinline__ void Bf16x8ToFloat(const uint4& raw, float (&f)[8]) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(h[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
 // Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the sum.
 // `scratch` holds 32 floats of shared memory.
 __device__ __forceinline__ float BlockSum(float v, float* scratch) {

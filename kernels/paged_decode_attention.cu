@@ -16,16 +16,6 @@ constexpr int kTileKeys = 16;   // keys per tensor-core tile, and the granularit
 constexpr int kMaxSplits = 64;
 constexpr int kCtasPerSm = 2;   // resident tensor-core CTAs per SM: the split policy's slots
 
-__device__ __forceinline__ void Bf16x8ToFloat(const uint4& raw, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 v = __bfloat1622float2(h[i]);
-    f[2 * i] = v.x;
-    f[2 * i + 1] = v.y;
-  }
-}
-
 // exp2(m - m_ref), 0 for an empty state (m = -inf).
 __device__ __forceinline__ float Rescale(float m, float m_ref) { return m == -INFINITY ? 0.0f : exp2f(m - m_ref); }
 

@@ -334,11 +334,13 @@ bool PagedPrefillAttentionSupports(int32_t head_dim, int32_t group) {
   return (head_dim == 64 || head_dim == 128) && group >= 1 && group <= kPagedPrefillAttentionRows;
 }
 
+bool PagedPrefillAttentionParamsValid(const PagedPrefillAttentionParams& p) {
+  return p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0 &&
+         PagedPrefillAttentionSupports(p.head_dim, p.num_heads / p.num_kv_heads) && p.block_size > 0;
+}
+
 cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionParams& p, cudaStream_t stream) {
-  if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
-      !PagedPrefillAttentionSupports(p.head_dim, p.num_heads / p.num_kv_heads) || p.block_size <= 0) {
-    return cudaErrorInvalidValue;
-  }
+  if (!PagedPrefillAttentionParamsValid(p)) return cudaErrorInvalidValue;
   if (p.num_work_items == 0) return cudaSuccess;
   switch (p.head_dim) {
     case 64: return Launch<64>(p, stream);

@@ -33,7 +33,11 @@ bool PagedPrefillAttentionSupports(int32_t head_dim, int32_t group);
 // tokens of one sequence, the tokens of each sequence in order).
 using PagedPrefillAttentionParams = PagedAttentionParams;
 
-// cudaErrorInvalidValue when !PagedPrefillAttentionSupports or num_heads % num_kv_heads != 0.
+// Whether a launch of either prefill kernel takes these params: heads divide into KV heads, the
+// head dim and group PagedPrefillAttentionSupports, a positive block size.
+bool PagedPrefillAttentionParamsValid(const PagedPrefillAttentionParams& params);
+
+// cudaErrorInvalidValue when !PagedPrefillAttentionParamsValid.
 cudaError_t LaunchPagedPrefillAttention(const PagedPrefillAttentionParams& params, cudaStream_t stream);
 
 }  // namespace tandem::kernels

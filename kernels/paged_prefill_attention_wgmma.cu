@@ -394,14 +394,11 @@ cudaError_t Launch(const PagedPrefillAttentionParams& p, cudaStream_t stream) {
 }  // namespace
 
 bool PagedPrefillAttentionWgmmaSupports(int32_t head_dim, int32_t group) {
-  return (head_dim == 64 || head_dim == 128) && group >= 1 && group <= kPagedPrefillAttentionRows;
+  return PagedPrefillAttentionSupports(head_dim, group);  // the mma.sync kernel's shapes, its work items
 }
 
 cudaError_t LaunchPagedPrefillAttentionWgmma(const PagedPrefillAttentionParams& p, cudaStream_t stream) {
-  if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
-      !PagedPrefillAttentionWgmmaSupports(p.head_dim, p.num_heads / p.num_kv_heads) || p.block_size <= 0) {
-    return cudaErrorInvalidValue;
-  }
+  if (!PagedPrefillAttentionParamsValid(p)) return cudaErrorInvalidValue;
   if (p.num_work_items == 0) return cudaSuccess;
   switch (p.head_dim) {
     case 64: return Launch<64>(p, stream);

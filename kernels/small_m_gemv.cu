@@ -8,16 +8,6 @@ namespace {
 
 constexpr int kWarps = 4;
 
-__device__ __forceinline__ void Unpack8(const uint4& v, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(h[i]);
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
-  }
-}
-
 // CTAs of 4 warps per SM the kernel is compiled for: one row of x in at most 64 registers (8 CTAs,
 // so that a 4096-column GEMV runs as one wave); more rows in at most 102 (5 CTAs, no spills).
 constexpr int MinBlocksPerSm(int m) { return m == 1 ? 8 : 5; }
@@ -74,11 +64,11 @@ __global__ void __launch_bounds__(kWarps * 32, MinBlocksPerSm(kM)) SmallMGemvKer
       if (c < chunks) {
         float wf[kRows][8];
 #pragma unroll
-        for (int j = 0; j < kRows; ++j) Unpack8(wv[u][j], wf[j]);
+        for (int j = 0; j < kRows; ++j) Bf16x8ToFloat(wv[u][j], wf[j]);
         if constexpr (kNorm) {
           // (x * inv_rms * g) . w == inv_rms * (x . (w * g)): scale the weights here, inv_rms at the end.
           float gf[8];
-          Unpack8(__ldg(g + c), gf);
+          Bf16x8ToFloat(__ldg(g + c), gf);
 #pragma unroll
           for (int j = 0; j < kRows; ++j) {
 #pragma unroll
@@ -88,7 +78,7 @@ __global__ void __launch_bounds__(kWarps * 32, MinBlocksPerSm(kM)) SmallMGemvKer
 #pragma unroll
         for (int r = 0; r < kM; ++r) {
           float xf[8];
-          Unpack8(__ldg(x + r * chunks + c), xf);
+          Bf16x8ToFloat(__ldg(x + r * chunks + c), xf);
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
 #pragma unroll

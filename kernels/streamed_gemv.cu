@@ -16,16 +16,6 @@ template <int kWarps, int kSlots>
 __host__ __device__ constexpr size_t RingBytes() { return static_cast<size_t>(kWarps) * kSlots * kSegBytes; }
 constexpr size_t kMaxPartialBytes = 64 * 1024;             // a partial sum per segment and row of x
 
-__device__ __forceinline__ void Unpack8(const uint4& v, float (&f)[8]) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(h[i]);
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
-  }
-}
-
 // The CTA's share: output rows n0, n0 + G, n0 + 2G, ... (G CTAs; n0 the CTA's index, so at any
 // moment the CTAs read neighbouring rows) of each range (one range, or gate then up rows for
 // kSiluMul), as a sequence of segments: range r, the CTA's row i, segment c of the row is segment
@@ -55,14 +45,15 @@ __device__ __forceinline__ void IssueSegment(const SmallMGemvParams& p, const Sh
                                static_cast<int64_t>(col_seg) * kSegChunks * 8;
     const uint32_t dst = ring + (warp * kSlots + i % kSlots) * kSegBytes;
 #pragma unroll
-    for (int j = 0; j < kChunksPerLane; ++j) CpAsync16(dst + (lane + 32 * j) * 16, src + (lane + 32 * j) * 8, true, policy);
+    for (int j = 0; j < kChunksPerLane; ++j) {
+      CpAsync16(dst + (lane + 32 * j) * 16, src + (lane + 32 * j) * 8, true, policy);
+    }
   }
   CpAsyncCommit();
 }
 
 template <int kWarps, int kSlots, int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
-__global__ void __launch_bounds__(kWarps * 32, 1)
-    StreamedGemvKernel(const SmallMGemvParams p) {
+__global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const SmallMGemvParams p) {
   constexpr int kThreads = kWarps * 32;
   constexpr size_t kRingBytes = RingBytes<kWarps, kSlots>();
   constexpr bool kSilu = kEpilogue == SmallMGemvEpilogue::kSiluMul;
@@ -98,7 +89,7 @@ __global__ void __launch_bounds__(kWarps * 32, 1)
     if constexpr (kNorm) {
       for (int64_t c = threadIdx.x; c < chunks_per_row; c += kThreads) {
         float xf[8];
-        Unpack8(__ldg(x + m * chunks_per_row + c), xf);
+        Bf16x8ToFloat(__ldg(x + m * chunks_per_row + c), xf);
 #pragma unroll
         for (int i = 0; i < 8; ++i) sum_sq = fmaf(xf[i], xf[i], sum_sq);
       }
@@ -127,18 +118,18 @@ __global__ void __launch_bounds__(kWarps * 32, 1)
     for (int j = 0; j < kChunksPerLane; ++j) {
       const int64_t c = static_cast<int64_t>(col_seg) * kSegChunks + lane + 32 * j;  // chunk of the row, of x
       float wf[8];
-      Unpack8(wraw[j], wf);
+      Bf16x8ToFloat(wraw[j], wf);
       if constexpr (kNorm) {
         // (x * inv_rms * g) . w == inv_rms * (x . (w * g)): scale the weights, inv_rms at the end.
         float gf[8];
-        Unpack8(__ldg(g + c), gf);
+        Bf16x8ToFloat(__ldg(g + c), gf);
 #pragma unroll
         for (int e = 0; e < 8; ++e) wf[e] *= gf[e];
       }
 #pragma unroll
       for (int m = 0; m < kM; ++m) {
         float xf[8];
-        Unpack8(__ldg(x + m * chunks_per_row + c), xf);
+        Bf16x8ToFloat(__ldg(x + m * chunks_per_row + c), xf);
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[m] = fmaf(wf[e], xf[e], acc[m]);
       }

@@ -38,7 +38,8 @@ std::vector<uint16_t> Bits(const std::vector<float>& v) {
 
 // streamed_max_rows 0: the register GEMV only; kSmallMGemvMaxRows: the streamed one where it
 // takes the shape.
-std::unique_ptr<Backend> MakeBackend(bool programmatic_launch, int columns_per_warp = 0, int64_t streamed_max_rows = 0) {
+std::unique_ptr<Backend> MakeBackend(bool programmatic_launch, int columns_per_warp = 0,
+                                     int64_t streamed_max_rows = 0) {
   CudaBackendOptions options;
   options.programmatic_launch = programmatic_launch;
   options.small_m_gemv_columns_per_warp = columns_per_warp;

@@ -104,8 +104,9 @@ class CudaBackend final : public Backend {
   void ClearDecodeGraphs() override;
 
   // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
-  // small_m_gemv_streamed_max_rows, programmatic_decode_attention and decode_attention_combines_in_kernel to those of `options` at
-  // run time (nothing else). Drops every decode graph: the next steps capture anew.
+  // small_m_gemv_streamed_max_rows, programmatic_decode_attention and
+  // decode_attention_combines_in_kernel to those of `options` at run time (nothing else). Drops
+  // every decode graph: the next steps capture anew.
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
