@@ -66,10 +66,15 @@ __device__ __forceinline__ void AllowDependentLaunch() {
 }
 
 // Launches kernel<<<grid, block, smem_bytes, stream>>>(args...), as a programmatic dependent when
-// asked.
+// asked; past the default 48 KB of dynamic shared memory it first raises the kernel's limit.
 template <typename... Params, typename... Args>
 cudaError_t LaunchKernelWithSmem(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block,
                                  size_t smem_bytes, cudaStream_t stream, Args&&... args) {
+  if (smem_bytes > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes));
+    if (err != cudaSuccess) return err;
+  }
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;

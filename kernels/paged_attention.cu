@@ -212,14 +212,7 @@ cudaError_t Launch(const PagedAttentionParams& p, cudaStream_t stream) {
   const int32_t group = p.num_heads / p.num_kv_heads;
   const int32_t heads_per_cta = PagedAttentionHeadsPerCta(group);
   const dim3 grid(p.num_work_items, p.num_kv_heads, (group + heads_per_cta - 1) / heads_per_cta);
-  if constexpr (L::kSmemBytes > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(PagedAttentionKernel<kHeadDim>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(L::kSmemBytes));
-    if (err != cudaSuccess) return err;
-  }
-  PagedAttentionKernel<kHeadDim><<<grid, kThreads, L::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  return LaunchKernelWithSmem(false, PagedAttentionKernel<kHeadDim>, grid, dim3(kThreads), L::kSmemBytes, stream, p);
 }
 
 }  // namespace

@@ -552,11 +552,9 @@ cudaError_t LaunchCudaCoreForHeadDim(const PagedDecodeAttentionParams& p, cudaSt
 template <int kD, int kStages>
 cudaError_t LaunchTensorCore(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
   constexpr size_t kBytes = TcShape<kD, kStages>::kSmemBytes;
-  cudaError_t err = cudaFuncSetAttribute(TensorCoreDecodeKernel<kD, kStages>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
-  if (err != cudaSuccess) return err;
   const dim3 grid(p.num_splits, p.num_kv_heads, p.num_seqs);
-  err = LaunchKernelWithSmem(p.programmatic, TensorCoreDecodeKernel<kD, kStages>, grid, dim3(kThreads), kBytes, stream, p);
+  const cudaError_t err =
+      LaunchKernelWithSmem(p.programmatic, TensorCoreDecodeKernel<kD, kStages>, grid, dim3(kThreads), kBytes, stream, p);
   return err != cudaSuccess ? err : LaunchCombine(p, stream);
 }
 

@@ -3,6 +3,7 @@
 #include <climits>
 #include <cstddef>
 
+#include "kernels/kernel_utils.cuh"
 #include "kernels/tensor_core_utils.cuh"
 
 namespace tandem::kernels {
@@ -319,13 +320,9 @@ __global__ void __launch_bounds__(kThreads, 2) PagedPrefillAttentionKernel(Paged
 
 template <int kHeadDim>
 cudaError_t Launch(const PagedPrefillAttentionParams& p, cudaStream_t stream) {
-  constexpr size_t kBytes = Tile<kHeadDim>::kSmemBytes;
-  const cudaError_t err = cudaFuncSetAttribute(PagedPrefillAttentionKernel<kHeadDim>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
-  if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned int>(p.num_work_items), static_cast<unsigned int>(p.num_kv_heads));
-  PagedPrefillAttentionKernel<kHeadDim><<<grid, kThreads, kBytes, stream>>>(p);
-  return cudaGetLastError();
+  return LaunchKernelWithSmem(false, PagedPrefillAttentionKernel<kHeadDim>, grid, dim3(kThreads),
+                              Tile<kHeadDim>::kSmemBytes, stream, p);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <climits>
 #include <cstddef>
 
+#include "kernels/kernel_utils.cuh"
 #include "kernels/tensor_core_utils.cuh"
 #include "kernels/wgmma_utils.cuh"
 
@@ -382,13 +383,9 @@ __global__ void __launch_bounds__(kThreads, 1) PagedPrefillAttentionWgmmaKernel(
 
 template <int kHeadDim>
 cudaError_t Launch(const PagedPrefillAttentionParams& p, cudaStream_t stream) {
-  constexpr size_t kBytes = WgTile<kHeadDim>::kSmemBytes;
-  const cudaError_t err = cudaFuncSetAttribute(PagedPrefillAttentionWgmmaKernel<kHeadDim>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kBytes));
-  if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned int>(p.num_work_items), static_cast<unsigned int>(p.num_kv_heads));
-  PagedPrefillAttentionWgmmaKernel<kHeadDim><<<grid, kThreads, kBytes, stream>>>(p);
-  return cudaGetLastError();
+  return LaunchKernelWithSmem(false, PagedPrefillAttentionWgmmaKernel<kHeadDim>, grid, dim3(kThreads),
+                              WgTile<kHeadDim>::kSmemBytes, stream, p);
 }
 
 }  // namespace

@@ -178,11 +178,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
 template <int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
 cudaError_t LaunchInstance(const SmallMGemvParams& p, unsigned int ctas, size_t partial_bytes, cudaStream_t stream) {
   auto launch = [&](auto* kernel, int warps, size_t ring_bytes) {
-    const size_t smem_bytes = ring_bytes + partial_bytes;
-    const cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes));
-    if (err != cudaSuccess) return err;
-    return LaunchKernelWithSmem(p.programmatic, kernel, dim3(ctas), dim3(warps * 32), smem_bytes, stream, p);
+    return LaunchKernelWithSmem(p.programmatic, kernel, dim3(ctas), dim3(warps * 32), ring_bytes + partial_bytes,
+                                stream, p);
   };
   // One row of x: 32 warps x 3 slots (measured best of 8 x 6, 16 x 3, 16 x 6, 24 x 4 and 32 x 3 on an
   // H100); more rows need more registers than 1024 threads leave: 16 x 6.
