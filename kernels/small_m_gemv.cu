@@ -168,21 +168,25 @@ bool SmallMGemvSupports(int64_t m, int64_t k, const void* x, const void* weight)
          reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(weight) % 16 == 0;
 }
 
-cudaError_t LaunchSmallMGemv(const SmallMGemvParams& p, cudaStream_t stream) {
-  if (!SmallMGemvSupports(p.m, p.k, p.x, p.weight)) return cudaErrorInvalidValue;
-  if (reinterpret_cast<uintptr_t>(p.norm_weight) % 16 != 0) return cudaErrorInvalidValue;
+bool SmallMGemvParamsValid(const SmallMGemvParams& p) {
+  if (!SmallMGemvSupports(p.m, p.k, p.x, p.weight)) return false;
+  if (reinterpret_cast<uintptr_t>(p.norm_weight) % 16 != 0) return false;
   const bool norm = p.norm_weight != nullptr;
   switch (p.epilogue) {
     case SmallMGemvEpilogue::kStore: break;
     case SmallMGemvEpilogue::kAddToOut:
-      if (norm || p.out_is_f32) return cudaErrorInvalidValue;
+      if (norm || p.out_is_f32) return false;
       break;
     case SmallMGemvEpilogue::kSiluMul:
-      if (!norm || p.out_is_f32) return cudaErrorInvalidValue;
+      if (!norm || p.out_is_f32) return false;
       break;
-    default: return cudaErrorInvalidValue;
+    default: return false;
   }
-  if (p.columns_per_warp < 0 || p.columns_per_warp > 2) return cudaErrorInvalidValue;
+  return p.columns_per_warp >= 0 && p.columns_per_warp <= 2 && p.n >= 0;
+}
+
+cudaError_t LaunchSmallMGemv(const SmallMGemvParams& p, cudaStream_t stream) {
+  if (!SmallMGemvParamsValid(p)) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
   // Streamed: where it takes the shape, and for grids the register kernel does not already stream
   // at the read bandwidth (the LM head's 128k rows, 15 waves: 100% against 93% streamed).

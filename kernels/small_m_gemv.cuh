@@ -53,9 +53,12 @@ struct SmallMGemvParams {
 // Whether the kernel takes this shape (row count, k a multiple of 8, 16-byte aligned operands).
 bool SmallMGemvSupports(int64_t m, int64_t k, const void* x, const void* weight);
 
-// cudaErrorInvalidValue for a shape SmallMGemvSupports refuses, a misaligned norm_weight, kAddToOut
-// with a norm prologue, kSiluMul without one, an f32 output with an epilogue other than kStore, or
+// False for a shape SmallMGemvSupports refuses, a misaligned norm_weight, kAddToOut with a norm
+// prologue, kSiluMul without one, an f32 output with an epilogue other than kStore, or
 // columns_per_warp outside 0..2.
+bool SmallMGemvParamsValid(const SmallMGemvParams& params);
+
+// cudaErrorInvalidValue when !SmallMGemvParamsValid.
 cudaError_t LaunchSmallMGemv(const SmallMGemvParams& params, cudaStream_t stream);
 
 }  // namespace tandem::kernels

@@ -14,7 +14,10 @@ constexpr int kSegBytes = kSegChunks * 16;
 // Ring bytes of a CTA of kWarps warps with kSlots slots each.
 template <int kWarps, int kSlots>
 __host__ __device__ constexpr size_t RingBytes() { return static_cast<size_t>(kWarps) * kSlots * kSegBytes; }
-constexpr size_t kMaxPartialBytes = 64 * 1024;             // a partial sum per segment and row of x
+// A partial sum per segment and row of x, after the 192 KB ring, within the 227 KB a CTA may have
+// on sm_90 (static shared memory: scale[] and a 32-float scratch). Every launch asks for the ring
+// plus this much, so the kernel's shared-memory attribute never changes between launches.
+constexpr size_t kMaxPartialBytes = 32 * 1024;
 
 // The CTA's share: output rows n0, n0 + G, n0 + 2G, ... (G CTAs; n0 the CTA's index, so at any
 // moment the CTAs read neighbouring rows) of each range (one range, or gate then up rows for
@@ -176,9 +179,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
 }
 
 template <int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
-cudaError_t LaunchInstance(const SmallMGemvParams& p, unsigned int ctas, size_t partial_bytes, cudaStream_t stream) {
+cudaError_t LaunchInstance(const SmallMGemvParams& p, unsigned int ctas, cudaStream_t stream) {
+  static_assert(RingBytes<32, 3>() + kMaxPartialBytes + 1024 <= 227 * 1024);
+  static_assert(RingBytes<16, 6>() + kMaxPartialBytes + 1024 <= 227 * 1024);
   auto launch = [&](auto* kernel, int warps, size_t ring_bytes) {
-    return LaunchKernelWithSmem(p.programmatic, kernel, dim3(ctas), dim3(warps * 32), ring_bytes + partial_bytes,
+    return LaunchKernelWithSmem(p.programmatic, kernel, dim3(ctas), dim3(warps * 32), ring_bytes + kMaxPartialBytes,
                                 stream, p);
   };
   // One row of x: 32 warps x 3 slots (measured best of 8 x 6, 16 x 3, 16 x 6, 24 x 4 and 32 x 3 on an
@@ -191,19 +196,19 @@ cudaError_t LaunchInstance(const SmallMGemvParams& p, unsigned int ctas, size_t 
 }
 
 template <int kM>
-cudaError_t LaunchRows(const SmallMGemvParams& p, unsigned int ctas, size_t partial_bytes, cudaStream_t stream) {
+cudaError_t LaunchRows(const SmallMGemvParams& p, unsigned int ctas, cudaStream_t stream) {
   const bool norm = p.norm_weight != nullptr;
   using E = SmallMGemvEpilogue;
   switch (p.epilogue) {
     case E::kStore:
       if (p.out_is_f32) {
-        return norm ? LaunchInstance<kM, true, E::kStore, float>(p, ctas, partial_bytes, stream)
-                    : LaunchInstance<kM, false, E::kStore, float>(p, ctas, partial_bytes, stream);
+        return norm ? LaunchInstance<kM, true, E::kStore, float>(p, ctas, stream)
+                    : LaunchInstance<kM, false, E::kStore, float>(p, ctas, stream);
       }
-      return norm ? LaunchInstance<kM, true, E::kStore, __nv_bfloat16>(p, ctas, partial_bytes, stream)
-                  : LaunchInstance<kM, false, E::kStore, __nv_bfloat16>(p, ctas, partial_bytes, stream);
-    case E::kAddToOut: return LaunchInstance<kM, false, E::kAddToOut, __nv_bfloat16>(p, ctas, partial_bytes, stream);
-    case E::kSiluMul: return LaunchInstance<kM, true, E::kSiluMul, __nv_bfloat16>(p, ctas, partial_bytes, stream);
+      return norm ? LaunchInstance<kM, true, E::kStore, __nv_bfloat16>(p, ctas, stream)
+                  : LaunchInstance<kM, false, E::kStore, __nv_bfloat16>(p, ctas, stream);
+    case E::kAddToOut: return LaunchInstance<kM, false, E::kAddToOut, __nv_bfloat16>(p, ctas, stream);
+    case E::kSiluMul: return LaunchInstance<kM, true, E::kSiluMul, __nv_bfloat16>(p, ctas, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -220,19 +225,18 @@ size_t PartialBytes(const SmallMGemvParams& p, int num_sms) {
 }  // namespace
 
 bool StreamedGemvSupports(const SmallMGemvParams& p, int num_sms) {
-  return SmallMGemvSupports(p.m, p.k, p.x, p.weight) && p.k % (8 * kSegChunks) == 0 && p.n >= 1 &&
+  return SmallMGemvParamsValid(p) && p.k % (8 * kSegChunks) == 0 && p.n >= 1 &&
          PartialBytes(p, num_sms) <= kMaxPartialBytes;
 }
 
 cudaError_t LaunchStreamedGemv(const SmallMGemvParams& p, cudaStream_t stream) {
   if (!StreamedGemvSupports(p, p.num_sms)) return cudaErrorInvalidValue;
-  const size_t smem = PartialBytes(p, p.num_sms);
   const auto grid = static_cast<unsigned int>(Ctas(p, p.num_sms));
   switch (p.m) {
-    case 1: return LaunchRows<1>(p, grid, smem, stream);
-    case 2: return LaunchRows<2>(p, grid, smem, stream);
-    case 3: return LaunchRows<3>(p, grid, smem, stream);
-    default: return LaunchRows<4>(p, grid, smem, stream);
+    case 1: return LaunchRows<1>(p, grid, stream);
+    case 2: return LaunchRows<2>(p, grid, stream);
+    case 3: return LaunchRows<3>(p, grid, stream);
+    default: return LaunchRows<4>(p, grid, stream);
   }
 }
 

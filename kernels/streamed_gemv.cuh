@@ -28,8 +28,9 @@
 
 namespace tandem::kernels {
 
-// Whether the streamed kernel takes this GEMV: SmallMGemvSupports, k a multiple of 1024 (whole 2 KB
-// segments per row), and the partial sums (one per segment and row of x) within 64 KB.
+// Whether the streamed kernel takes this GEMV: SmallMGemvParamsValid, k a multiple of 1024 (whole
+// 2 KB segments per row), and the partial sums (one per segment and row of x) within 32 KB. Needs
+// a device with 227 KB of shared memory per CTA (sm_90): CudaBackend enables it there only.
 bool StreamedGemvSupports(const SmallMGemvParams& params, int num_sms);
 
 // cudaErrorInvalidValue for a GEMV StreamedGemvSupports refuses; else as LaunchSmallMGemv.

@@ -14,6 +14,7 @@
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend_factory.h"
 #include "kernels/small_m_gemv.cuh"
+#include "kernels/streamed_gemv.cuh"
 #include "gpu_test_support.h"
 
 namespace tandem {
@@ -213,6 +214,29 @@ TEST_F(FusedSmallBatchParityTest, StreamedForSanitizers) {
       EXPECT_LE(Track(RelError(Download(gpu, dout.t), ref)), kBf16Tolerance) << m << "x" << s.k << "x" << s.n;
     }
   }
+}
+
+// The streamed kernel's limits (the register kernel takes the rest): whole 2 KB segments per row,
+// partial sums within its 32 KB (e.g. a Llama-70B gate|up, k 8192, at 3-4 rows on 132 SMs), the
+// operands' own checks.
+TEST_F(FusedSmallBatchParityTest, StreamedKernelRefusesWhatItCannotHold) {
+  const auto* aligned = reinterpret_cast<const __nv_bfloat16*>(uintptr_t{256});
+  kernels::SmallMGemvParams p;
+  p.x = p.weight = p.norm_weight = aligned;
+  p.epilogue = kernels::SmallMGemvEpilogue::kSiluMul;
+  p.m = 2;
+  p.k = 8192;
+  p.n = 28672;
+  EXPECT_TRUE(kernels::StreamedGemvSupports(p, 132));
+  p.m = 4;  // 2 x 218 rows x 8 segments x 4 rows of x: 55,808 bytes of partial sums
+  EXPECT_FALSE(kernels::StreamedGemvSupports(p, 132));
+  p.m = 1;
+  p.k = 8192 + 256;  // not whole segments
+  EXPECT_FALSE(kernels::StreamedGemvSupports(p, 132));
+  p.k = 8192;
+  p.norm_weight = nullptr;  // SiLU·mul without its norm prologue
+  EXPECT_FALSE(kernels::StreamedGemvSupports(p, 132));
+  EXPECT_EQ(kernels::LaunchStreamedGemv(p, nullptr), cudaErrorInvalidValue);
 }
 
 TEST_F(FusedSmallBatchParityTest, RowCountsAndShapesTheKernelCannotTakeAreNotFused) {

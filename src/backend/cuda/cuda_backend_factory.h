@@ -26,7 +26,8 @@ struct CudaBackendOptions {
   int small_m_gemv_columns_per_warp = 0;
   // Small-M GEMVs of at most this many rows stream their weights through shared memory, one CTA
   // and an equal share of rows per SM (kernels/streamed_gemv.cuh), where the shape allows: batch-1
-  // decode by default (measured faster there); 0: never; 4: every small batch (tests).
+  // decode by default (measured faster there); 0: never; 4: every small batch (tests). Hopper and
+  // newer only (the kernel's 224 KB of shared memory per CTA).
   int64_t small_m_gemv_streamed_max_rows = 1;
   // Split-KV decode attention of small decode batches (<= 4 sequences, the small-M GEMV's rows;
   // kernels/paged_decode_attention.cuh). Both off by default until measured:

@@ -49,7 +49,7 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
 Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {
   p.programmatic = programmatic_launch_;
   p.columns_per_warp = small_m_gemv_columns_per_warp_;
-  p.streamed_max_rows = small_m_gemv_streamed_max_rows_;
+  p.streamed_max_rows = sm90_ ? small_m_gemv_streamed_max_rows_ : 0;  // 227 KB of shared memory per CTA
   p.num_sms = num_sms_;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSmallMGemv(p, stream_));
   return OkStatus();
