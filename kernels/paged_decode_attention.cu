@@ -306,15 +306,93 @@ struct TcShape {
   static_assert(kChunksPerLane * 32 == kTileKeys * kChunks && 32 % kChunks == 0);
 };
 
+__device__ __forceinline__ float2 Bf16PairToFloat2(uint32_t v) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v));
+}
+
+// kRope, the CTA whose split holds the query's position: the new key rotated (as RopeWriteKvKernel)
+// and the new value into s_new [2][kD] and, unless the slot is negative (a padded row), into the
+// cache. After griddepcontrol.wait (qkv comes from the kernel before; the cache is written).
+template <int kD>
+__device__ __forceinline__ void WriteNewKeyAndValue(const PagedDecodeAttentionParams& p, int64_t qkv_row,
+                                                    int32_t kv_head, int32_t pos, int64_t slot,
+                                                    __nv_bfloat16* s_new) {
+  constexpr int kHalf = kD / 2;
+  const __nv_bfloat16* __restrict__ k_src = p.qkv + qkv_row + static_cast<int64_t>(p.num_heads + kv_head) * kD;
+  const __nv_bfloat16* __restrict__ v_src = k_src + static_cast<int64_t>(p.num_kv_heads) * kD;
+  const int64_t cache = slot < 0 ? 0
+                                 : ((slot / p.block_size * p.num_kv_heads + kv_head) * p.block_size +
+                                    slot % p.block_size) * kD;
+  for (int i = threadIdx.x; i < kHalf; i += kThreads) {
+    const float x1 = __bfloat162float(k_src[i]);
+    const float x2 = __bfloat162float(k_src[i + kHalf]);
+    const float c = p.rope_cos[static_cast<int64_t>(pos) * kHalf + i];
+    const float sn = p.rope_sin[static_cast<int64_t>(pos) * kHalf + i];
+    const __nv_bfloat16 a = __float2bfloat16_rn(x1 * c - x2 * sn);
+    const __nv_bfloat16 b = __float2bfloat16_rn(x2 * c + x1 * sn);
+    s_new[i] = a;
+    s_new[i + kHalf] = b;
+    if (slot >= 0) {
+      p.k_cache_out[cache + i] = a;
+      p.k_cache_out[cache + i + kHalf] = b;
+    }
+  }
+  for (int i = threadIdx.x; i < kD; i += kThreads) {
+    const __nv_bfloat16 v = v_src[i];
+    s_new[kD + i] = v;
+    if (slot >= 0) p.v_cache_out[cache + i] = v;
+  }
+}
+
+// kRope: one warp folds the new key (s_new: key, then value) into its online-softmax state after
+// its tiles, with the tile loop's arithmetic: score in log2 units, P rounded to bf16 once, lane
+// t == 0 of each quad adds it to l (l is the quad's sum at the end), O rows g (c[0..1]).
+template <int kD>
+__device__ __forceinline__ void AttendToNewKey(const uint32_t (&qa)[kD / 16][2], const __nv_bfloat16* s_new,
+                                               float q_scale, int t, float& m, float& l, float (&o)[kD / 8][4]) {
+  const uint32_t* k_pairs = reinterpret_cast<const uint32_t*>(s_new);
+  const uint32_t* v_pairs = reinterpret_cast<const uint32_t*>(s_new + kD);
+  float dot = 0.0f;
+#pragma unroll
+  for (int kc = 0; kc < kD / 16; ++kc) {
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      const float2 q = Bf16PairToFloat2(qa[kc][w]);
+      const float2 k = Bf16PairToFloat2(k_pairs[kc * 8 + t + 4 * w]);
+      dot = fmaf(q.x, k.x, fmaf(q.y, k.y, dot));
+    }
+  }
+  dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+  dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+  const float sc = dot * q_scale;
+  const float m_new = fmaxf(m, sc);
+  const float alpha = Rescale(m, m_new);
+  const float pb = __bfloat162float(__float2bfloat16_rn(Exp2(sc - m_new)));
+  m = m_new;
+  l = l * alpha + (t == 0 ? pb : 0.0f);
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+    const float2 v = Bf16PairToFloat2(v_pairs[n * 4 + t]);
+    o[n][0] = fmaf(pb, v.x, o[n][0] * alpha);
+    o[n][1] = fmaf(pb, v.y, o[n][1] * alpha);
+  }
+}
+
 // Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 * g + t. Scores S = Q K^T of one tile as two
 // 16x8 tiles (keys 0-7, 8-15): this lane holds head g, keys 2t, 2t+1 (+8) in c[0..1]; rows g + 8
 // (heads past the group's 8) are zero in A and ignored. Those c[0..1] pairs are exactly the A
 // fragment of P for P V, and V comes in through ldmatrix.trans; O (16 x kD) accumulates in
 // kD / 8 tiles of which this lane's c[0..1] are head g, dims 8n + 2t, 2t+1.
-template <int kD, int kStages>
+// kRope (PagedDecodeAttentionParams::qkv): q and the query's own key and value come from the fused
+// projection; q is rotated in registers (a lane's columns c < kD / 2 and c + kD / 2 are its own),
+// the CTA whose split holds the query's position rotates the new key, writes it and the value into
+// the cache and attends to it from shared memory after its tiles, so every tile load reads keys
+// before the position (none waits on this step's write).
+template <int kD, int kStages, bool kRope>
 __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecodeAttentionParams p) {
   using S = TcShape<kD, kStages>;
   extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(16) __nv_bfloat16 s_new[kRope ? 2 : 1][kRope ? kD : 2];  // the new key, then value
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -339,8 +417,32 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
     early_block[i] = early && b < p.max_blocks_per_seq ? table[b] : 0;
   }
   const KeyRange range = SplitKeys(p, seq, split);
-  const int32_t r0 = range.r0, r1 = range.r1;
+  // With kRope the split holding the position takes its key from s_new, the tiles end before it.
+  const bool has_new = kRope && range.r0 <= range.pos && range.pos < range.r1;
+  const int32_t r0 = range.r0, r1 = has_new ? range.pos : range.r1;
   const float q_scale = p.scale * kLog2e;
+  // kRope: cos / sin at the position for this lane's columns of the first half (chunk kc: 16kc + 2t,
+  // +1, +8, +9), immutable tables read before the wait; and the new key's slot.
+  constexpr int kHalfChunks = kD / 32;
+  float rope_c[kRope ? kHalfChunks : 1][4], rope_s[kRope ? kHalfChunks : 1][4];
+  int64_t new_slot = -1;
+  if constexpr (kRope) {
+    const float* cos_row = p.rope_cos + static_cast<int64_t>(range.pos) * (kD / 2);
+    const float* sin_row = p.rope_sin + static_cast<int64_t>(range.pos) * (kD / 2);
+#pragma unroll
+    for (int kc = 0; kc < kHalfChunks; ++kc) {
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        const float2 c = *reinterpret_cast<const float2*>(cos_row + kc * 16 + 2 * t + 8 * w);
+        const float2 sn = *reinterpret_cast<const float2*>(sin_row + kc * 16 + 2 * t + 8 * w);
+        rope_c[kc][2 * w] = c.x;
+        rope_c[kc][2 * w + 1] = c.y;
+        rope_s[kc][2 * w] = sn.x;
+        rope_s[kc][2 * w + 1] = sn.y;
+      }
+    }
+    if (has_new) new_slot = p.slot_mapping[seq];
+  }
   float o[kD / 8][4];
 #pragma unroll
   for (int n = 0; n < kD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -393,7 +495,7 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
 #pragma unroll
   for (int i = 0; i < kStages - 1; ++i) {
     if (i < n_tiles) {
-      if (!p.programmatic || tile_key(i) + kTileKeys <= range.pos) {
+      if (kRope || !p.programmatic || tile_key(i) + kTileKeys <= range.pos) {
         issue(i, early ? early_block[i] : tile_block(i));
       } else {
         deferred = i;
@@ -410,14 +512,33 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
 
   // Q of head g as A fragments (k chunks of 16 dims): cols 2t, 2t+1 and 2t+8, 2t+9.
   uint32_t qa[kD / 16][2];
+  const int64_t qkv_row = static_cast<int64_t>(seq) * (p.num_heads + 2 * p.num_kv_heads) * kD;
   {
     const bool head_ok = g < group;
-    const __nv_bfloat16* q_row = p.q + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group + (head_ok ? g : 0)) * kD;
+    const int64_t head = kv_head * group + (head_ok ? g : 0);
+    const __nv_bfloat16* q_row = kRope ? p.qkv + qkv_row + head * kD
+                                       : p.q + (static_cast<int64_t>(seq) * p.num_heads + head) * kD;
 #pragma unroll
     for (int kc = 0; kc < kD / 16; ++kc) {
       qa[kc][0] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t) : 0u;
       qa[kc][1] = head_ok ? *reinterpret_cast<const uint32_t*>(q_row + kc * 16 + 2 * t + 8) : 0u;
     }
+  }
+  if constexpr (kRope) {
+    // HF rotate_half, as RopeWriteKvKernel: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), to bf16.
+#pragma unroll
+    for (int kc = 0; kc < kHalfChunks; ++kc) {
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        const float2 x1 = Bf16PairToFloat2(qa[kc][w]);
+        const float2 x2 = Bf16PairToFloat2(qa[kc + kHalfChunks][w]);
+        const float c0 = rope_c[kc][2 * w], c1 = rope_c[kc][2 * w + 1];
+        const float s0 = rope_s[kc][2 * w], s1 = rope_s[kc][2 * w + 1];
+        qa[kc][w] = PackBf16(x1.x * c0 - x2.x * s0, x1.y * c1 - x2.y * s1);
+        qa[kc + kHalfChunks][w] = PackBf16(x2.x * c0 + x1.x * s0, x2.y * c1 + x1.y * s1);
+      }
+    }
+    if (has_new) WriteNewKeyAndValue<kD>(p, qkv_row, kv_head, range.pos, new_slot, &s_new[0][0]);
   }
 
   for (int32_t i = 0; i < n_tiles; ++i) {
@@ -480,6 +601,10 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
     __syncwarp();  // every lane's ldmatrix of this stage is done before it is refilled
   }
   CpAsyncWait<0>();
+  if (has_new) {
+    __syncthreads();  // s_new is written
+    if (warp == 0) AttendToNewKey<kD>(qa, &s_new[0][0], q_scale, t, m, l, o);
+  }
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
 
@@ -554,7 +679,11 @@ cudaError_t LaunchTensorCore(const PagedDecodeAttentionParams& p, cudaStream_t s
   constexpr size_t kBytes = TcShape<kD, kStages>::kSmemBytes;
   const dim3 grid(p.num_splits, p.num_kv_heads, p.num_seqs);
   const cudaError_t err =
-      LaunchKernelWithSmem(p.programmatic, TensorCoreDecodeKernel<kD, kStages>, grid, dim3(kThreads), kBytes, stream, p);
+      p.qkv != nullptr
+          ? LaunchKernelWithSmem(p.programmatic, TensorCoreDecodeKernel<kD, kStages, true>, grid, dim3(kThreads),
+                                 kBytes, stream, p)
+          : LaunchKernelWithSmem(p.programmatic, TensorCoreDecodeKernel<kD, kStages, false>, grid, dim3(kThreads),
+                                 kBytes, stream, p);
   return err != cudaSuccess ? err : LaunchCombine(p, stream);
 }
 
@@ -572,6 +701,10 @@ bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group) {
 }
 
 bool PagedDecodeAttentionTensorCores(int32_t head_dim) { return head_dim == 64 || head_dim == 128; }
+
+bool PagedDecodeAttentionFusesRope(int32_t head_dim, int32_t rotary_dim) {
+  return PagedDecodeAttentionTensorCores(head_dim) && rotary_dim == head_dim;
+}
 
 int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms,
                                    PagedDecodeKernel kernel) {
@@ -612,6 +745,11 @@ cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& params,
   const bool tensor_cores = p.kernel == PagedDecodeKernel::kAuto ? PagedDecodeAttentionTensorCores(p.head_dim)
                                                                  : p.kernel == PagedDecodeKernel::kTensorCore;
   if (tensor_cores && !PagedDecodeAttentionTensorCores(p.head_dim)) return cudaErrorInvalidValue;
+  if (p.qkv != nullptr &&
+      (!tensor_cores || !PagedDecodeAttentionFusesRope(p.head_dim, p.rotary_dim) || p.rope_cos == nullptr ||
+       p.rope_sin == nullptr || p.slot_mapping == nullptr || p.k_cache_out == nullptr || p.v_cache_out == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
   if (p.num_seqs == 0) return cudaSuccess;
   switch (p.head_dim) {
     case 64: return tensor_cores ? LaunchTensorCoreForHeadDim<64>(p, stream) : LaunchCudaCoreForHeadDim<64>(p, stream);

@@ -26,6 +26,16 @@
 // ordered before a plainly launched kernel of the step (the embedding), so it completed before any
 // programmatic kernel after it started; and no other sequence of the batch writes into a block
 // this sequence reads (a decode token goes into a block its sequence alone holds).
+//
+// Fused RoPE (`qkv` set; tensor-core kernel, rotary_dim == head_dim, PagedDecodeAttentionFusesRope):
+// the step's RoPE kernel is not needed. q is read from the fused projection qkv and rotated in
+// registers (HF rotate_half with rope_cos / rope_sin at positions[seq], rounded to bf16 as
+// kernels/rope_write_kv.cuh does); the one CTA per (sequence, KV head) whose split holds the
+// query's position rotates the new key, writes it and the new value into the cache at
+// slot_mapping[seq] (not when negative: a padded row) and attends to them from shared memory, so
+// its tile loads (and every other CTA's) read only keys before the position. Programmatic: the
+// kernel before is the projection; before the wait the kernel reads positions, tables, slots, the
+// rope tables and the K/V of keys before the position (every tile), after it qkv and the writes.
 // Head dims 64, 128, 256 and groups of up to 8 query heads per KV head (others: paged_attention).
 #pragma once
 
@@ -40,6 +50,9 @@ namespace tandem::kernels {
 bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group);
 // Whether kAuto takes the tensor-core kernel for `head_dim` (64, 128); else the CUDA-core one.
 bool PagedDecodeAttentionTensorCores(int32_t head_dim);
+// Whether a launch may fuse RoPE and the KV write (PagedDecodeAttentionParams::qkv): the
+// tensor-core kernel's head dims, the whole head rotated.
+bool PagedDecodeAttentionFusesRope(int32_t head_dim, int32_t rotary_dim);
 
 // Which kernel a launch takes. kAuto: tensor cores for head dims 64 and 128, CUDA cores for 256
 // (the engine names the one it takes, see PagedDecodeAttentionTensorCores). The others name one
@@ -88,6 +101,15 @@ struct PagedDecodeAttentionParams {
   int32_t block_size = 0;
   int32_t sliding_window = 0;  // 0: none
   float scale = 1.0f;
+  // Fused RoPE and KV write (see above): when qkv is set, q is not read and every field below is
+  // required; the launch takes the tensor-core kernel (cudaErrorInvalidValue where it cannot).
+  const __nv_bfloat16* qkv = nullptr;     // [num_seqs, (num_heads + 2 * num_kv_heads) * head_dim]
+  const float* rope_cos = nullptr;        // [max_positions, rotary_dim / 2], positions[seq] < max_positions
+  const float* rope_sin = nullptr;
+  const int64_t* slot_mapping = nullptr;  // device [num_seqs]: the new key's slot in the cache
+  __nv_bfloat16* k_cache_out = nullptr;   // k_cache and v_cache, written at slot_mapping
+  __nv_bfloat16* v_cache_out = nullptr;
+  int32_t rotary_dim = 0;
   PagedDecodeKernel kernel = PagedDecodeKernel::kAuto;
   bool programmatic = false;  // programmatic dependent launch (see above); no effect before sm_90
 };

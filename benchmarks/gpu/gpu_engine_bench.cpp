@@ -11,7 +11,7 @@
 // GPU is not counted as CPU time).
 //
 //   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only]
-//                    [--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention]
+//                    [--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention] [--profile-step]
 // --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
 // every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
 // the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
@@ -21,13 +21,16 @@
 // --cuda-core-decode-attention: decode attention through the CUDA-core split-KV kernel and its split
 // policy (CudaBackendOptions::cuda_core_decode_attention), the "before" of the tensor-core kernel.
 // --kernel-ab: every decode batch is measured under each kernel variant of kVariants (small-batch
-// fusion, programmatic launch, the streamed GEMV, the small-batch decode attention switches;
-// CudaBackend::SetKernelOptions), in three interleaved rounds on the same engine, the first variant
-// being the kernels as they were before fusion and PDL.
+// fusion, programmatic launch, the streamed GEMV, RoPE fused into decode attention, the small-batch
+// decode attention switches; CudaBackend::SetKernelOptions), in three interleaved rounds on the
+// same engine, the first variant being the kernels as they were before fusion and PDL.
 // --small-batch-attention: decode attention of <= 4 sequences launched programmatically with the
 // in-kernel split combine (CudaBackendOptions::programmatic_decode_attention and
 // decode_attention_combines_in_kernel; both off by default) for the whole run.
+// --profile-step: after the smallest batch's measured steps, one more step (each variant's)
+// between cudaProfilerStart / Stop, for `ncu --profile-from-start off` (per-kernel durations).
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
+#include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 #include <spdlog/spdlog.h>
 
@@ -335,17 +338,18 @@ struct KernelVariant {
   bool fuse, programmatic;
   int columns_per_warp;
   int64_t streamed_max_rows;
-  bool attention_programmatic = false, attention_combines_in_kernel = false;
+  bool attention_programmatic, attention_combines_in_kernel, fuse_rope;
 };
 constexpr KernelVariant kVariants[] = {
-    {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0},
-    {"fused, PDL, register GEMV (before this session)", true, true, 0, 0},
-    {"fused, PDL, streamed GEMV at batch 1 (default)", true, true, 0, 1},
-    {"fused, streamed GEMV, plain launch", true, false, 0, 1},
-    {"fused, PDL, streamed GEMV, attention PDL + in-kernel combine", true, true, 0, 1, true, true},
+    {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0, false, false, false},
+    {"fused, PDL, streamed GEMV, RoPE kernel (session 4)", true, true, 0, 1, false, false, false},
+    {"fused, PDL, streamed GEMV, RoPE in attention (default)", true, true, 0, 1, false, false, true},
+    {"RoPE in attention + attention PDL", true, true, 0, 1, true, false, true},
+    {"RoPE in attention + in-kernel combine", true, true, 0, 1, false, true, true},
+    {"RoPE in attention + attention PDL + in-kernel combine", true, true, 0, 1, true, true, true},
 };
 constexpr size_t kDefaultVariant = 2;
-constexpr size_t kSmallBatchAttentionVariant = 4;
+constexpr size_t kSmallBatchAttentionVariant = 5;
 
 struct StepRow {
   std::string variant;
@@ -468,8 +472,21 @@ Status RunAttentionOnly(const std::filesystem::path& config_path) {
   return bench::RunDecodeAttentionSweep(*backend, source.config, lim.read_bw, {32, 64, 128, 256}, ctx);
 }
 
-Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampling, bool cuda_graphs,
-           bool cuda_core_attention, bool kernel_ab, bool small_batch_attention) {
+// The command line's switches of a whole run (see the top of the file).
+struct RunFlags {
+  bool quick = false;
+  bool host_sampling = false;
+  bool cuda_graphs = true;
+  bool cuda_core_attention = false;
+  bool kernel_ab = false;
+  bool small_batch_attention = false;
+  bool profile_step = false;
+};
+
+Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
+  const bool quick = flags.quick, host_sampling = flags.host_sampling, cuda_graphs = flags.cuda_graphs;
+  const bool cuda_core_attention = flags.cuda_core_attention, kernel_ab = flags.kernel_ab;
+  const bool small_batch_attention = flags.small_batch_attention;
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -568,10 +585,17 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
       ko.programmatic_decode_attention = v.attention_programmatic;
       ko.decode_attention_combines_in_kernel = v.attention_combines_in_kernel;
       ko.small_m_gemv_streamed_max_rows = v.streamed_max_rows;
+      ko.fuse_rope_decode_attention = v.fuse_rope;
       backend.SetKernelOptions(ko);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
       StepTimes t;
       for (int i = 0; i < measured_steps; ++i) TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
+      if (flags.profile_step && b == batches.front()) {
+        // One more step between profiler marks: `ncu --profile-from-start off` sees its kernels alone.
+        TANDEM_CUDA_RETURN_IF_ERROR(cudaProfilerStart());
+        TANDEM_RETURN_IF_ERROR(e.Step().status());
+        TANDEM_CUDA_RETURN_IF_ERROR(cudaProfilerStop());
+      }
       if (static_cast<int>(e.Stats().num_running) != b) {
         return InternalError("decode batch " + std::to_string(b) + " ran with " +
                              std::to_string(e.Stats().num_running) + " sequences");
@@ -643,41 +667,37 @@ Status Run(const std::filesystem::path& config_path, bool quick, bool host_sampl
 
 int main(int argc, char** argv) {
   std::filesystem::path config = std::filesystem::path(TANDEM_SOURCE_ROOT) / "configs" / "models" / "llama-3.1-8b.json";
-  bool quick = false;
-  bool host_sampling = false;
-  bool cuda_graphs = true;
+  tandem::RunFlags flags;
   bool attention_only = false;
-  bool cuda_core_attention = false;
-  bool kernel_ab = false;
-  bool small_batch_attention = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--config" && i + 1 < argc) {
       config = argv[++i];
     } else if (a == "--quick") {
-      quick = true;
+      flags.quick = true;
     } else if (a == "--host-sampling") {
-      host_sampling = true;
+      flags.host_sampling = true;
     } else if (a == "--no-cuda-graphs") {
-      cuda_graphs = false;
+      flags.cuda_graphs = false;
     } else if (a == "--attention-only") {
       attention_only = true;
     } else if (a == "--cuda-core-decode-attention") {
-      cuda_core_attention = true;
+      flags.cuda_core_attention = true;
     } else if (a == "--kernel-ab") {
-      kernel_ab = true;
+      flags.kernel_ab = true;
     } else if (a == "--small-batch-attention") {
-      small_batch_attention = true;
+      flags.small_batch_attention = true;
+    } else if (a == "--profile-step") {
+      flags.profile_step = true;
     } else {
       std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only] "
-                   "[--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention]\n");
+                   "[--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention] [--profile-step]\n");
       return 2;
     }
   }
   spdlog::set_level(spdlog::level::warn);
   const tandem::Status s = attention_only ? tandem::RunAttentionOnly(config)
-                                          : tandem::Run(config, quick, host_sampling, cuda_graphs, cuda_core_attention,
-                                                        kernel_ab, small_batch_attention);
+                                          : tandem::Run(config, flags);
   if (!s.ok()) {
     std::fprintf(stderr, "gpu_engine_bench: %s\n", s.ToString().c_str());
     return 1;

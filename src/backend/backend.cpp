@@ -5,6 +5,13 @@
 
 namespace tandem {
 
+Status Backend::RopeWriteKvAttention(const Tensor& qkv, Tensor q_scratch, const RopeTables& rope,
+                                     const AttentionParams& params, const AttentionMetadata& meta,
+                                     KvLayerView cache, Tensor out) {
+  TANDEM_RETURN_IF_ERROR(RopeAndWriteKv(qkv, q_scratch, rope, params, meta, cache));
+  return Attention(q_scratch, cache, params, meta, out);
+}
+
 Status Backend::SampleRows(const Tensor& logits, std::span<const SampleInput> inputs,
                            std::span<SampleOutput> outputs) {
   return SampleRowsOnHost(logits, 0, inputs.size(), inputs, outputs);

@@ -123,6 +123,12 @@ class Backend {
   // this step's keys and values): out [T, num_heads * head_dim].
   virtual Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
                            const AttentionMetadata& meta, Tensor out) = 0;
+  // RopeAndWriteKv into q_scratch, then Attention of it into out: the two in one call, so a
+  // backend may fuse them (the CUDA backend's decode attention rotates q itself and writes the new
+  // keys and values, q_scratch unused). The model calls it unless it must act between the two.
+  virtual Status RopeWriteKvAttention(const Tensor& qkv, Tensor q_scratch, const RopeTables& rope,
+                                      const AttentionParams& params, const AttentionMetadata& meta,
+                                      KvLayerView cache, Tensor out);
   // out[R, H] = x[rows[r], :]. rows in host memory.
   virtual Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) = 0;
 

@@ -338,9 +338,14 @@ Status LlamaModel::RunLayers(std::span<const int32_t> token_ids, const Attention
     }
     if (!fused) TANDEM_RETURN_IF_ERROR(backend_.Linear(normed, w.qkv, w.qkv_bias, qkv));
     const KvLayerView kv = cache.layer(static_cast<int32_t>(l));
-    TANDEM_RETURN_IF_ERROR(backend_.RopeAndWriteKv(qkv, q, rope_, attention_params_, meta, kv));
-    if (after_layer_kv) TANDEM_RETURN_IF_ERROR(after_layer_kv(static_cast<int32_t>(l)));
-    TANDEM_RETURN_IF_ERROR(backend_.Attention(q, kv, attention_params_, meta, attn));
+    if (after_layer_kv) {
+      // The layer's K/V must be in the cache before the hook (it streams them out).
+      TANDEM_RETURN_IF_ERROR(backend_.RopeAndWriteKv(qkv, q, rope_, attention_params_, meta, kv));
+      TANDEM_RETURN_IF_ERROR(after_layer_kv(static_cast<int32_t>(l)));
+      TANDEM_RETURN_IF_ERROR(backend_.Attention(q, kv, attention_params_, meta, attn));
+    } else {
+      TANDEM_RETURN_IF_ERROR(backend_.RopeWriteKvAttention(qkv, q, rope_, attention_params_, meta, kv, attn));
+    }
     if (fused) {
       TANDEM_RETURN_IF_ERROR(backend_.LinearAddResidual(attn, w.o, w.o_bias, residual));
       TANDEM_RETURN_IF_ERROR(

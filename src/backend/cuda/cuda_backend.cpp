@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "backend/cuda/attention_launch_params.h"
+#include "backend/cuda/bf16_tensor.h"
 #include "backend/cuda/cuda_check.h"
 #include "common/half.h"
 #include "kernels/bias_add.cuh"
@@ -45,8 +46,6 @@ class CudaBuffer final : public DeviceBuffer {
   size_t size_;
 };
 
-__nv_bfloat16* Bf16(const Tensor& t) { return static_cast<__nv_bfloat16*>(t.data); }
-
 // The launch parameters of the two work-item attention kernels (the tensor-core prefill kernel
 // and the CUDA-core one), filled from one step's planned metadata.
 kernels::PagedAttentionParams WorkItemAttentionParams(const Tensor& q, const KvLayerView& cache, const Tensor& out,
@@ -58,12 +57,6 @@ kernels::PagedAttentionParams WorkItemAttentionParams(const Tensor& q, const KvL
   p.work_items = view.work_items;
   p.num_work_items = view.num_work_items;
   return p;
-}
-
-// Ops receive activation-dtype tensors from the model: anything else is a programming error.
-void CheckBf16(const Tensor& t, const char* what) {
-  TANDEM_CHECK(t.dtype == DType::kBF16) << what << " must be bf16 on the CUDA backend, got "
-                                        << DTypeName(t.dtype);
 }
 
 }  // namespace
@@ -134,11 +127,12 @@ Status CudaBackend::Init() {
   TANDEM_CUDA_RETURN_IF_ERROR(cudaMemset(attention_split_counters_, 0, kAttentionSplitCounters * sizeof(int32_t)));
   spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}, "
                "streamed GEMV up to {} rows, small-batch decode attention: programmatic {}, in-kernel combine {}; "
-               "wgmma prefill attention {}",
+               "RoPE fused into decode attention {}; wgmma prefill attention {}",
                device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
                fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off", small_m_gemv_streamed_max_rows_,
                programmatic_decode_attention_ && programmatic_launch_ ? "on" : "off",
-               decode_attention_combines_in_kernel_ ? "on" : "off", wgmma_prefill_attention_ ? "on" : "off");
+               decode_attention_combines_in_kernel_ ? "on" : "off", fuse_rope_decode_attention_ ? "on" : "off",
+               wgmma_prefill_attention_ ? "on" : "off");
   return OkStatus();
 }
 
@@ -388,25 +382,36 @@ Status CudaBackend::CheckAttentionParams(const AttentionParams& params, const Kv
   return OkStatus();
 }
 
-Status CudaBackend::RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
-                                   const AttentionParams& params, const AttentionMetadata& meta,
-                                   KvLayerView cache) {
+Status CudaBackend::CheckRopeInputs(const Tensor& qkv, const RopeTables& rope, const AttentionParams& params,
+                                    const KvLayerView& cache, const AttentionMetadata& meta) const {
   TANDEM_RETURN_IF_ERROR(CheckAttentionParams(params, cache, meta));
   CheckBf16(qkv, "qkv");
-  CheckBf16(q_out, "q");
   TANDEM_CHECK_EQ(qkv.numel(), static_cast<int64_t>(meta.num_tokens) *
                                    (params.num_heads + 2 * params.num_kv_heads) * params.head_dim);
-  TANDEM_CHECK_GE(q_out.numel(), static_cast<int64_t>(meta.num_tokens) * params.num_heads * params.head_dim);
   TANDEM_CHECK(rope.cos.dtype == DType::kF32 && rope.sin.dtype == DType::kF32);
   TANDEM_CHECK(rope.rotary_dim > 0 && rope.rotary_dim <= params.head_dim && rope.rotary_dim % 2 == 0);
   TANDEM_CHECK_EQ(rope.cos.dim(1), rope.rotary_dim / 2);
-  if (meta.num_tokens == 0) return OkStatus();
-  TANDEM_RETURN_IF_ERROR(SelectDevice());
-  TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view, AttentionView(params, meta, cache));
+  return OkStatus();
+}
+
+Status CudaBackend::CheckRopePositions(const DeviceAttentionView& view, const RopeTables& rope) {
   if (view.max_position >= rope.cos.dim(0)) {
     return OutOfRangeError("cuda backend: position " + std::to_string(view.max_position) +
                            " beyond the rope table of " + std::to_string(rope.cos.dim(0)) + " positions");
   }
+  return OkStatus();
+}
+
+Status CudaBackend::RopeAndWriteKv(const Tensor& qkv, Tensor q_out, const RopeTables& rope,
+                                   const AttentionParams& params, const AttentionMetadata& meta,
+                                   KvLayerView cache) {
+  TANDEM_RETURN_IF_ERROR(CheckRopeInputs(qkv, rope, params, cache, meta));
+  CheckBf16(q_out, "q");
+  TANDEM_CHECK_GE(q_out.numel(), static_cast<int64_t>(meta.num_tokens) * params.num_heads * params.head_dim);
+  if (meta.num_tokens == 0) return OkStatus();
+  TANDEM_RETURN_IF_ERROR(SelectDevice());
+  TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view, AttentionView(params, meta, cache));
+  TANDEM_RETURN_IF_ERROR(CheckRopePositions(view, rope));
   kernels::RopeWriteKvParams p;
   p.qkv = Bf16(qkv);
   p.q_out = Bf16(q_out);
@@ -440,32 +445,11 @@ Status CudaBackend::Attention(const Tensor& q, KvLayerView cache, const Attentio
   TANDEM_ASSIGN_OR_RETURN(DeviceAttentionView view,
                           attention_metadata_.Prepare(meta, AttentionTileTokens(params), cache.k.dim(0)));
   // Decode-only batch (one query per sequence, token i of sequence i): split-KV decode kernel.
-  bool decode_only = meta.num_tokens == meta.num_seqs &&
-                     kernels::PagedDecodeAttentionSupports(params.head_dim, group);
-  for (int32_t i = 0; decode_only && i <= meta.num_seqs; ++i) decode_only = meta.query_start[i] == i;
-  if (decode_only) {
+  if (IsDecodeOnly(params, meta)) {
     auto p = PagedAttentionLaunchParams<kernels::PagedDecodeAttentionParams>(
         q, cache, out, view.block_tables, view.positions, meta.max_blocks_per_seq, meta.block_size, params);
     p.num_seqs = meta.num_seqs;
-    p.kernel = DecodeAttentionKernel(params.head_dim);
-    p.num_splits = kernels::PagedDecodeAttentionSplits(meta.num_seqs, params.num_kv_heads, view.max_position + 1,
-                                                       num_sms_, p.kernel);
-    const size_t floats = kernels::PagedDecodeAttentionPartialFloats(meta.num_seqs, params.num_heads,
-                                                                     params.head_dim, p.num_splits);
-    if (floats > attention_partial_floats_) {
-      // Grow-only; kernels enqueued earlier may still read the old workspace.
-      TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-      if (attention_partial_ != nullptr) TANDEM_CUDA_RETURN_IF_ERROR(cudaFree(attention_partial_));
-      attention_partial_ = nullptr;
-      attention_partial_floats_ = 0;
-      const size_t grown = floats + floats / 2;
-      TANDEM_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&attention_partial_), grown * sizeof(float)));
-      attention_partial_floats_ = grown;
-    }
-    p.partial = attention_partial_;
-    SetSmallBatchDecodeAttention(&p);
-    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
-    return OkStatus();
+    return LaunchDecodeAttention(p, params, view.max_position + 1);
   }
   if (wgmma_prefill_attention_ && kernels::PagedPrefillAttentionWgmmaSupports(params.head_dim, group)) {
     TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedPrefillAttentionWgmma(

@@ -64,6 +64,12 @@ class CudaBackend final : public Backend {
   Status CheckSupported(const AttentionParams& params) const override;
   Status Attention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
                    const AttentionMetadata& meta, Tensor out) override;
+  // Decode-only batches on the tensor-core split-KV kernel (whole head rotated;
+  // CudaBackendOptions::fuse_rope_decode_attention): one kernel rotates q, writes the new K/V and
+  // attends (cuda_backend_decode_attention.cpp); q_scratch is not written. Otherwise the two ops.
+  Status RopeWriteKvAttention(const Tensor& qkv, Tensor q_scratch, const RopeTables& rope,
+                              const AttentionParams& params, const AttentionMetadata& meta, KvLayerView cache,
+                              Tensor out) override;
   Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override;
   // Fused small-batch ops (cuda_backend_fused.cpp): the small-M GEMV kernel with its RMSNorm
   // prologue and residual-add / SiLU·mul epilogues, for 1..4 rows (CudaBackendOptions::fuse_small_batch).
@@ -104,9 +110,9 @@ class CudaBackend final : public Backend {
   void ClearDecodeGraphs() override;
 
   // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
-  // small_m_gemv_streamed_max_rows, programmatic_decode_attention and
-  // decode_attention_combines_in_kernel to those of `options` at run time (nothing else). Drops
-  // every decode graph: the next steps capture anew.
+  // small_m_gemv_streamed_max_rows, programmatic_decode_attention,
+  // decode_attention_combines_in_kernel and fuse_rope_decode_attention to those of `options` at
+  // run time (nothing else). Drops every decode graph: the next steps capture anew.
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
@@ -126,6 +132,7 @@ class CudaBackend final : public Backend {
         small_m_gemv_streamed_max_rows_(options.small_m_gemv_streamed_max_rows),
         programmatic_decode_attention_(options.programmatic_decode_attention),
         decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel),
+        fuse_rope_decode_attention_(options.fuse_rope_decode_attention),
         wgmma_prefill_attention_requested_(options.wgmma_prefill_attention) {}
   Status Init();
   Status SelectDevice() const;
@@ -139,8 +146,22 @@ class CudaBackend final : public Backend {
   static int32_t AttentionTileTokens(const AttentionParams& params);
   StatusOr<DeviceAttentionView> AttentionView(const AttentionParams& params, const AttentionMetadata& meta,
                                               const KvLayerView& cache);
+  // RopeAndWriteKv's operands (the checks the fused op shares), and its positions against the table.
+  Status CheckRopeInputs(const Tensor& qkv, const RopeTables& rope, const AttentionParams& params,
+                         const KvLayerView& cache, const AttentionMetadata& meta) const;
+  static Status CheckRopePositions(const DeviceAttentionView& view, const RopeTables& rope);
   // The split-KV decode kernel (and so the split policy) this backend launches for a head dim.
   kernels::PagedDecodeKernel DecodeAttentionKernel(int32_t head_dim) const;
+  // Whether the step's attention takes the split-KV decode kernel: one query per sequence (always,
+  // inside a decode graph step) and a head shape it supports.
+  bool IsDecodeOnly(const AttentionParams& params, const AttentionMetadata& meta) const;
+  bool FusesRopeIntoDecodeAttention(const AttentionParams& params, const RopeTables& rope,
+                                    const AttentionMetadata& meta) const;
+  // Completes a split-KV decode launch whose tensors, tables and shape are filled (kernel, splits
+  // for contexts up to `max_context`, workspace: the graph's inside a decode graph step, else the
+  // grow-only eager one; small-batch choices) and enqueues it.
+  Status LaunchDecodeAttention(kernels::PagedDecodeAttentionParams p, const AttentionParams& params,
+                               int32_t max_context);
   // Split-KV decode attention over the staged inputs (inside a decode graph step).
   Status StagedDecodeAttention(const Tensor& q, KvLayerView cache, const AttentionParams& params, Tensor out);
   // Sets the small-batch choices (programmatic launch, in-kernel combine) of a split-KV decode
@@ -161,6 +182,7 @@ class CudaBackend final : public Backend {
   int64_t small_m_gemv_streamed_max_rows_;
   bool programmatic_decode_attention_;
   bool decode_attention_combines_in_kernel_;
+  bool fuse_rope_decode_attention_;
   bool sm90_ = false;  // constant after Init
   const bool wgmma_prefill_attention_requested_;
   bool wgmma_prefill_attention_ = false;  // requested and the device is compute capability 9.0 (sm_90a)

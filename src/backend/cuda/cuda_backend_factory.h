@@ -38,6 +38,10 @@ struct CudaBackendOptions {
   // - decode_attention_combines_in_kernel: with several key splits, the last split CTA of each
   //   (sequence, KV head) combines the partial states; no combine kernel.
   bool decode_attention_combines_in_kernel = false;
+  // Decode-only batches whose head the tensor-core split-KV kernel holds and rotates whole: RoPE
+  // and the KV write fused into the attention kernel (Backend::RopeWriteKvAttention); the new key
+  // is attended from registers, so no load waits on the write. Off: the RoPE kernel, then attention.
+  bool fuse_rope_decode_attention = true;
   // Prefill attention through the wgmma kernel (kernels/paged_prefill_attention_wgmma.cuh) on
   // devices of compute capability 9.0 for the shapes it supports; off (or elsewhere): the mma.sync
   // kernel (kernels/paged_prefill_attention.cuh), the "before" of benchmarks and tests.

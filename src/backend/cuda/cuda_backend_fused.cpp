@@ -1,16 +1,11 @@
 // CudaBackend: the fused small-batch ops (Backend::FusesSmallBatch) and the small-M GEMV launch
 // they share with Linear.
+#include "backend/cuda/bf16_tensor.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
 
 namespace tandem {
 namespace {
-
-__nv_bfloat16* Bf16(const Tensor& t) { return static_cast<__nv_bfloat16*>(t.data); }
-
-void CheckBf16(const Tensor& t, const char* what) {
-  TANDEM_CHECK(t.dtype == DType::kBF16) << what << " must be bf16 on the CUDA backend, got " << DTypeName(t.dtype);
-}
 
 // The GEMV's operands for x [rows, k] @ weight [n_rows, k]^T; checks every shape the fused ops share.
 kernels::SmallMGemvParams GemvOperands(const Tensor& x, const Tensor& weight, const Tensor& bias) {
@@ -44,6 +39,7 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   small_m_gemv_streamed_max_rows_ = options.small_m_gemv_streamed_max_rows;
   programmatic_decode_attention_ = options.programmatic_decode_attention;
   decode_attention_combines_in_kernel_ = options.decode_attention_combines_in_kernel;
+  fuse_rope_decode_attention_ = options.fuse_rope_decode_attention;
 }
 
 Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {

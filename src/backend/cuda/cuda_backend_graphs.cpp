@@ -1,29 +1,11 @@
 // CudaBackend: decode-step graphs (see decode_graphs.h and Backend::RunDecodeGraph).
 #include <algorithm>
 
-#include "backend/cuda/attention_launch_params.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_check.h"
-#include "kernels/paged_attention.cuh"
 #include "kernels/paged_decode_attention.cuh"
 
 namespace tandem {
-
-kernels::PagedDecodeKernel CudaBackend::DecodeAttentionKernel(int32_t head_dim) const {
-  return cuda_core_decode_attention_ || !kernels::PagedDecodeAttentionTensorCores(head_dim)
-             ? kernels::PagedDecodeKernel::kCudaCore
-             : kernels::PagedDecodeKernel::kTensorCore;
-}
-
-void CudaBackend::SetSmallBatchDecodeAttention(kernels::PagedDecodeAttentionParams* p) const {
-  if (p->num_seqs > kernels::kSmallMGemvMaxRows) return;
-  // After the small-M GEMV and RoPE, which launch programmatically for these batches.
-  p->programmatic = programmatic_decode_attention_ && programmatic_launch_;
-  if (decode_attention_combines_in_kernel_ &&
-      kernels::PagedDecodeAttentionSplitCounters(p->num_seqs, p->num_kv_heads) <= kAttentionSplitCounters) {
-    p->split_counters = attention_split_counters_;
-  }
-}
 
 Status CudaBackend::ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_per_seq, int32_t block_size,
                                         const AttentionParams& params) {
@@ -81,37 +63,6 @@ StatusOr<DeviceAttentionView> CudaBackend::AttentionView(const AttentionParams& 
     return view;
   }
   return attention_metadata_.Prepare(meta, AttentionTileTokens(params), cache.k.dim(0));
-}
-
-Status CudaBackend::StagedDecodeAttention(const Tensor& q, KvLayerView cache, const AttentionParams& params,
-                                          Tensor out) {
-  const StagedDecodeInputs& in = decode_graphs_.staged();
-  const int32_t group = params.num_heads / params.num_kv_heads;
-  if (!kernels::PagedDecodeAttentionSupports(params.head_dim, group)) {
-    // Head dims without a split-KV instance: the general kernel over the fixed work items
-    // (one per sequence), whose grid depends on the batch size alone.
-    auto p = PagedAttentionLaunchParams<kernels::PagedAttentionParams>(
-        q, cache, out, in.block_tables, in.positions, in.max_blocks_per_seq, graph_block_size_, params);
-    p.work_items = decode_graphs_.decode_work_items();
-    p.num_work_items = in.num_seqs;
-    TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedAttention(p, stream_));
-    return OkStatus();
-  }
-  auto p = PagedAttentionLaunchParams<kernels::PagedDecodeAttentionParams>(
-      q, cache, out, in.block_tables, in.positions, in.max_blocks_per_seq, graph_block_size_, params);
-  p.num_seqs = in.num_seqs;
-  // Fixed for the batch size and table width (never from this step's lengths): the longest
-  // context the tables can hold.
-  p.kernel = DecodeAttentionKernel(params.head_dim);
-  p.num_splits = kernels::PagedDecodeAttentionSplits(in.num_seqs, params.num_kv_heads,
-                                                     in.max_blocks_per_seq * graph_block_size_, num_sms_, p.kernel);
-  TANDEM_CHECK_LE(kernels::PagedDecodeAttentionPartialFloats(in.num_seqs, params.num_heads, params.head_dim,
-                                                             p.num_splits),
-                  decode_graphs_.partial_floats());
-  p.partial = decode_graphs_.partial();
-  SetSmallBatchDecodeAttention(&p);  // fixed per bucket: the bucket size decides, never the step
-  TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
-  return OkStatus();
 }
 
 }  // namespace tandem
