@@ -15,6 +15,9 @@ constexpr int kMinKeysPerSplit = 64;
 constexpr int kTileKeys = 16;   // keys per tensor-core tile, and the granularity of a split
 constexpr int kMaxSplits = 64;
 constexpr int kCtasPerSm = 2;   // resident tensor-core CTAs per SM: the split policy's slots
+// A split's partial state of one query head: kD accumulators, m, l and two floats of padding, so
+// every record starts 16-byte aligned (the combine reads it in float4s).
+__host__ __device__ constexpr int PartStride(int head_dim) { return head_dim + 4; }
 
 // exp2(m - m_ref), 0 for an empty state (m = -inf).
 __device__ __forceinline__ float Rescale(float m, float m_ref) { return m == -INFINITY ? 0.0f : exp2f(m - m_ref); }
@@ -62,7 +65,7 @@ __device__ __forceinline__ void MergeWarpsAndStore(const PagedDecodeAttentionPar
       p.out[(static_cast<int64_t>(seq) * p.num_heads + head) * kD + d] =
           __float2bfloat16_rn(sum > 0.0f ? a / sum : 0.0f);
     } else {
-      float* part = p.partial + ((static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split) * (kD + 2);
+      float* part = p.partial + ((static_cast<int64_t>(seq) * p.num_heads + head) * p.num_splits + split) * PartStride(kD);
       part[d] = a;
       if (d == 0) {
         part[kD] = m_all;
@@ -72,43 +75,59 @@ __device__ __forceinline__ void MergeWarpsAndStore(const PagedDecodeAttentionPar
   }
 }
 
-// Shared floats CombineIfLastSplit needs as scratch for kHs head slots.
+// Shared floats CombineSplits needs as scratch for kHs head slots.
 template <int kHs>
 constexpr int kCombineScratchFloats = 2 * kHs * kMaxSplits + kHs;
 
-// In-kernel combine (p.split_counters, 2 <= num_splits <= kMaxSplits), after MergeWarpsAndStore
-// wrote this split's partial state: the split CTA of (seq, kv_head) that counts last combines every
-// split's state into the output ("last block reduces") and re-arms the counter to 0. `scratch` is
-// shared memory of kCombineScratchFloats<kHs> floats that no thread reads any more (the merge's).
-// Same arithmetic as CombineSplitsKernel: m_all = max m_s, out = sum a_s f_s / sum l_s f_s with
-// f_s = exp2(m_s - m_all), splits in order, so the result does not depend on which CTA combines.
-template <int kD, int kHs>
-__device__ __forceinline__ void CombineIfLastSplit(const PagedDecodeAttentionParams& p, float* scratch, int32_t seq,
-                                                   int32_t kv_head) {
-  __threadfence();  // this thread's partial stores are visible device-wide before the CTA counts
-  __syncthreads();  // ... for every thread of the CTA (and every thread is done reading the scratch)
-  int32_t* counter = p.split_counters + static_cast<int64_t>(seq) * p.num_kv_heads + kv_head;
-  bool last = false;
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == p.num_splits - 1;
-  if (!__syncthreads_or(last)) return;
-  __threadfence();  // the other splits' states are read after their counts were seen
-
+// Combines every split's partial state of the query heads of (seq, kv_head) into the output: m_all =
+// max m_s, out = sum a_s f_s / sum l_s f_s with f_s = exp2(m_s - m_all), splits in order (a fixed
+// order: the result does not depend on timing or on which CTA combines). All kT threads of the CTA
+// call it; `scratch` is shared memory of kCombineScratchFloats<kHs> floats. One memory round when
+// num_splits <= 16: each thread's accumulator loads (a float4 of dims per head and split) are in
+// flight together with the (m, l) loads.
+template <int kD, int kHs, int kT>
+__device__ __forceinline__ void CombineSplits(const PagedDecodeAttentionParams& p, float* scratch, int32_t seq,
+                                              int32_t kv_head) {
+  constexpr int kStride = PartStride(kD);
+  constexpr int kBlock = 16;                          // splits whose loads a thread has in flight
+  constexpr int kMlLoads = (kHs * kMaxSplits + kT - 1) / kT;
   const int32_t group = p.num_heads / p.num_kv_heads;
   const int32_t ns = p.num_splits;
-  float* s_f = scratch;                        // [kHs][kMaxSplits]: m_s, then f_s
-  float* s_ls = scratch + kHs * kMaxSplits;    // [kHs][kMaxSplits]: l_s
-  float* s_sum = s_ls + kHs * kMaxSplits;      // [kHs]: sum l_s f_s
-  // Partial rows of this KV head's query heads: ((seq * num_heads + head) * ns + split) * (kD + 2).
-  const float* rows = p.partial + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group) * ns * (kD + 2);
-  for (int i = threadIdx.x; i < group * ns; i += blockDim.x) {
-    const float* part = rows + static_cast<int64_t>(i) * (kD + 2);  // head i / ns, split i % ns
-    s_f[(i / ns) * kMaxSplits + i % ns] = __ldcg(part + kD);
-    s_ls[(i / ns) * kMaxSplits + i % ns] = __ldcg(part + kD + 1);
+  const int32_t pairs = group * (kD / 4);             // (head, float4 of dims)
+  float* s_f = scratch;                               // [kHs][kMaxSplits]: m_s, then f_s
+  float* s_l = scratch + kHs * kMaxSplits;            // [kHs][kMaxSplits]: l_s
+  float* s_sum = s_l + kHs * kMaxSplits;              // [kHs]: sum l_s f_s
+  // Records ((seq * num_heads + head) * ns + split) * kStride of this KV head's query heads.
+  const float* rows = p.partial + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group) * ns * kStride;
+  float4 a[kBlock];
+  auto load_block = [&](int32_t q, int32_t s0) {
+    const float* base = rows + static_cast<int64_t>(q / (kD / 4)) * ns * kStride + (q % (kD / 4)) * 4;
+#pragma unroll
+    for (int j = 0; j < kBlock; ++j) {
+      a[j] = s0 + j < ns ? __ldcg(reinterpret_cast<const float4*>(base + static_cast<int64_t>(s0 + j) * kStride))
+                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  };
+  if (static_cast<int32_t>(threadIdx.x) < pairs) load_block(threadIdx.x, 0);
+  float2 ml[kMlLoads];
+#pragma unroll
+  for (int j = 0; j < kMlLoads; ++j) {
+    const int32_t i = threadIdx.x + j * kT;  // head i / ns, split i % ns
+    ml[j] = i < group * ns ? __ldcg(reinterpret_cast<const float2*>(rows + static_cast<int64_t>(i) * kStride + kD))
+                           : make_float2(0.0f, 0.0f);
+  }
+#pragma unroll
+  for (int j = 0; j < kMlLoads; ++j) {
+    const int32_t i = threadIdx.x + j * kT;
+    if (i < group * ns) {
+      s_f[(i / ns) * kMaxSplits + i % ns] = ml[j].x;
+      s_l[(i / ns) * kMaxSplits + i % ns] = ml[j].y;
+    }
   }
   __syncthreads();
   if (static_cast<int32_t>(threadIdx.x) < group) {
     float* f = s_f + threadIdx.x * kMaxSplits;
-    const float* l = s_ls + threadIdx.x * kMaxSplits;
+    const float* l = s_l + threadIdx.x * kMaxSplits;
     float m_all = -INFINITY;
     for (int s = 0; s < ns; ++s) m_all = fmaxf(m_all, f[s]);
     float sum = 0.0f;
@@ -119,24 +138,47 @@ __device__ __forceinline__ void CombineIfLastSplit(const PagedDecodeAttentionPar
     s_sum[threadIdx.x] = sum;
   }
   __syncthreads();
-  // Two dims per thread and step (8-byte loads: kD + 2 and d are even).
-  for (int i = threadIdx.x; i < group * (kD / 2); i += blockDim.x) {
-    const int h = i / (kD / 2);
-    const int d = 2 * (i % (kD / 2));
-    const float* part = rows + static_cast<int64_t>(h) * ns * (kD + 2) + d;
+  for (int32_t q = threadIdx.x; q < pairs; q += kT) {
+    const int32_t h = q / (kD / 4);
     const float* f = s_f + h * kMaxSplits;
-    float a0 = 0.0f, a1 = 0.0f;
-#pragma unroll 4
-    for (int s = 0; s < ns; ++s) {
-      const float2 v = __ldcg(reinterpret_cast<const float2*>(part + static_cast<int64_t>(s) * (kD + 2)));
-      a0 += v.x * f[s];
-      a1 += v.y * f[s];
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int32_t s0 = 0; s0 < ns; s0 += kBlock) {
+      if (q != static_cast<int32_t>(threadIdx.x) || s0 > 0) load_block(q, s0);
+#pragma unroll
+      for (int j = 0; j < kBlock; ++j) {
+        if (s0 + j < ns) {
+          const float fs = f[s0 + j];
+          acc.x += a[j].x * fs;
+          acc.y += a[j].y * fs;
+          acc.z += a[j].z * fs;
+          acc.w += a[j].w * fs;
+        }
+      }
     }
     const float sum = s_sum[h];
-    __nv_bfloat16* out = p.out + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group + h) * kD + d;
-    out[0] = __float2bfloat16_rn(sum > 0.0f ? a0 / sum : 0.0f);
-    out[1] = __float2bfloat16_rn(sum > 0.0f ? a1 / sum : 0.0f);
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    __nv_bfloat16* out =
+        p.out + (static_cast<int64_t>(seq) * p.num_heads + kv_head * group + h) * kD + (q % (kD / 4)) * 4;
+    const uint2 packed = make_uint2(PackBf16(acc.x * inv, acc.y * inv), PackBf16(acc.z * inv, acc.w * inv));
+    *reinterpret_cast<uint2*>(out) = packed;
   }
+}
+
+// In-kernel combine (p.split_counters, 2 <= num_splits <= kMaxSplits), after MergeWarpsAndStore
+// wrote this split's partial state: the split CTA of (seq, kv_head) that counts last combines every
+// split's state into the output ("last block reduces", CombineSplits) and re-arms the counter to 0.
+// `scratch` is shared memory of kCombineScratchFloats<kHs> floats that no thread reads any more.
+template <int kD, int kHs>
+__device__ __forceinline__ void CombineIfLastSplit(const PagedDecodeAttentionParams& p, float* scratch, int32_t seq,
+                                                   int32_t kv_head) {
+  __threadfence();  // this thread's partial stores are visible device-wide before the CTA counts
+  __syncthreads();  // ... for every thread of the CTA (and every thread is done reading the scratch)
+  int32_t* counter = p.split_counters + static_cast<int64_t>(seq) * p.num_kv_heads + kv_head;
+  bool last = false;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == p.num_splits - 1;
+  if (!__syncthreads_or(last)) return;
+  __threadfence();  // the other splits' states are read after their counts were seen
+  CombineSplits<kD, kHs, kThreads>(p, scratch, seq, kv_head);
   // Every split of this (seq, kv_head) has counted: the next launch on the buffer starts from 0.
   if (threadIdx.x == 0) *counter = 0;
 }
@@ -301,7 +343,7 @@ struct TcShape {
   static constexpr int kWarpBytes = kStages * 2 * kTileBytes;
   static constexpr size_t kRingBytes = static_cast<size_t>(kWarps) * kWarpBytes;
   // The epilogue reuses the ring: per-warp accumulators of 8 head slots, then m and l.
-  static constexpr size_t kMergeBytes = sizeof(float) * kWarps * 8 * (kD + 2);
+  static constexpr size_t kMergeBytes = sizeof(float) * kWarps * 8 * (kD + 2);  // s_acc, s_m, s_l
   static constexpr size_t kSmemBytes = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
   static_assert(kChunksPerLane * 32 == kTileKeys * kChunks && 32 % kChunks == 0);
 };
@@ -628,33 +670,23 @@ __global__ void __launch_bounds__(kThreads, 2) TensorCoreDecodeKernel(PagedDecod
   }
 }
 
-// One CTA per (sequence, head), one thread per dim: combines the splits' partial states.
-template <int kD>
-__global__ void __launch_bounds__(kD) CombineSplitsKernel(PagedDecodeAttentionParams p) {
+// One CTA per (KV head, sequence): combines the splits' partial states of its query heads.
+template <int kD, int kHs>
+__global__ void __launch_bounds__(kThreads) CombineSplitsKernel(PagedDecodeAttentionParams p) {
+  __shared__ float scratch[kCombineScratchFloats<kHs>];
   AllowDependentLaunch();
   WaitForPrerequisiteGrids();  // the partial states come from the kernel before (PDL only)
-  const int64_t row = blockIdx.x;  // seq * num_heads + head
-  const float* part = p.partial + row * p.num_splits * (kD + 2);
-  float m_all = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) m_all = fmaxf(m_all, part[s * (kD + 2) + kD]);
-  float a = 0.0f, sum = 0.0f;
-  for (int s = 0; s < p.num_splits; ++s) {
-    const float* ps = part + s * (kD + 2);
-    const float f = Rescale(ps[kD], m_all);
-    a += ps[threadIdx.x] * f;
-    sum += ps[kD + 1] * f;
-  }
-  p.out[row * kD + threadIdx.x] = __float2bfloat16_rn(sum > 0.0f ? a / sum : 0.0f);
+  CombineSplits<kD, kHs, kThreads>(p, scratch, blockIdx.y, blockIdx.x);
 }
 
 // The combine kernel, unless there is one split or the attention kernel combined in itself.
 cudaError_t LaunchCombine(const PagedDecodeAttentionParams& p, cudaStream_t stream) {
   if (p.num_splits == 1 || p.split_counters != nullptr) return cudaSuccess;
-  const unsigned int rows = static_cast<unsigned int>(p.num_seqs) * p.num_heads;
+  const dim3 grid(p.num_kv_heads, p.num_seqs);
   switch (p.head_dim) {
-    case 64: return LaunchKernel(p.programmatic, CombineSplitsKernel<64>, dim3(rows), dim3(64), stream, p);
-    case 128: return LaunchKernel(p.programmatic, CombineSplitsKernel<128>, dim3(rows), dim3(128), stream, p);
-    default: return LaunchKernel(p.programmatic, CombineSplitsKernel<256>, dim3(rows), dim3(256), stream, p);
+    case 64: return LaunchKernel(p.programmatic, CombineSplitsKernel<64, 8>, grid, dim3(kThreads), stream, p);
+    case 128: return LaunchKernel(p.programmatic, CombineSplitsKernel<128, 8>, grid, dim3(kThreads), stream, p);
+    default: return LaunchKernel(p.programmatic, CombineSplitsKernel<256, 8>, grid, dim3(kThreads), stream, p);
   }
 }
 
@@ -726,7 +758,7 @@ int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32
 
 size_t PagedDecodeAttentionPartialFloats(int32_t num_seqs, int32_t num_heads, int32_t head_dim, int32_t num_splits) {
   if (num_splits <= 1) return 0;
-  return static_cast<size_t>(num_seqs) * num_heads * num_splits * (head_dim + 2);
+  return static_cast<size_t>(num_seqs) * num_heads * num_splits * PartStride(head_dim);
 }
 
 size_t PagedDecodeAttentionSplitCounters(int32_t num_seqs, int32_t num_kv_heads) {

@@ -85,13 +85,26 @@ __device__ float BlockMax(float m, Shared& sh) {
 
 // Best non-NaN entry of x strictly after `prev` in the order (none: id -1).
 __device__ Best BestAfter(const float* x, int32_t vocab, Best prev, Shared& sh) {
+  // kUnroll loads per thread in flight before any compare (one pass over a 128k vocabulary is then
+  // a few memory round trips, not one per element); Better is a total order, so the visiting order
+  // does not change the result.
+  constexpr int kUnroll = 16;
   Best b{0.0f, -1};
-  for (int32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = x[i];
-    if (isnan(v)) continue;
-    if (prev.id >= 0 && !(v < prev.value || (v == prev.value && i > prev.id))) continue;
-    const Best c{v, i};
-    if (Better(c, b)) b = c;
+  for (int32_t base = threadIdx.x; base < vocab; base += kUnroll * blockDim.x) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int32_t i = base + u * static_cast<int32_t>(blockDim.x);
+      v[u] = i < vocab ? x[i] : NAN;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int32_t i = base + u * static_cast<int32_t>(blockDim.x);
+      if (isnan(v[u])) continue;
+      if (prev.id >= 0 && !(v[u] < prev.value || (v[u] == prev.value && i > prev.id))) continue;
+      const Best c{v[u], i};
+      if (Better(c, b)) b = c;
+    }
   }
   return BlockBest(b, sh);
 }

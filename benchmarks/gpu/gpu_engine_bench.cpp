@@ -339,6 +339,7 @@ struct KernelVariant {
   int columns_per_warp;
   int64_t streamed_max_rows;
   bool attention_programmatic, attention_combines_in_kernel, fuse_rope;
+  bool skip_attention = false;  // diagnostic: no decode attention at all (BenchBackend)
 };
 constexpr KernelVariant kVariants[] = {
     {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0, false, false, false},
@@ -347,6 +348,7 @@ constexpr KernelVariant kVariants[] = {
     {"RoPE in attention + attention PDL", true, true, 0, 1, true, false, true},
     {"RoPE in attention + in-kernel combine", true, true, 0, 1, false, true, true},
     {"RoPE in attention + attention PDL + in-kernel combine", true, true, 0, 1, true, true, true},
+    {"(diagnostic) default without decode attention", true, true, 0, 1, false, false, true, true},
 };
 constexpr size_t kDefaultVariant = 2;
 constexpr size_t kSmallBatchAttentionVariant = 5;
@@ -386,10 +388,17 @@ Request MakeRequest(int id, int len, int max_tokens, int64_t vocab) {
   return r;
 }
 
-// Forwards every op to a CudaBackend but keeps Backend::SampleRows' host default.
-class HostSamplingBackend final : public Backend {
+// Forwards every op to a CudaBackend, with two switches for measurements:
+// - host sampling (fixed): Backend::SampleRows' host default, and no decode graphs (the "before"
+//   of device sampling, as it was measured);
+// - skip_attention (runtime, a diagnostic of --kernel-ab): the decode steps' RopeWriteKvAttention is
+//   not enqueued at all, so the step's time is the rest of the step (its tokens are garbage).
+class BenchBackend final : public Backend {
  public:
-  explicit HostSamplingBackend(std::unique_ptr<CudaBackend> inner) : inner_(std::move(inner)) {}
+  BenchBackend(std::unique_ptr<CudaBackend> inner, bool host_sampling)
+      : inner_(std::move(inner)), host_sampling_(host_sampling) {}
+  CudaBackend& cuda() { return *inner_; }
+  void set_skip_attention(bool skip) { skip_attention_ = skip; }
   std::string_view name() const override { return inner_->name(); }
   DType activation_dtype() const override { return inner_->activation_dtype(); }
   DType kv_cache_dtype() const override { return inner_->kv_cache_dtype(); }
@@ -434,12 +443,37 @@ class HostSamplingBackend final : public Backend {
                    const AttentionMetadata& meta, Tensor out) override {
     return inner_->Attention(q, cache, params, meta, out);
   }
+  Status RopeWriteKvAttention(const Tensor& qkv, Tensor q_scratch, const RopeTables& rope,
+                              const AttentionParams& params, const AttentionMetadata& meta, KvLayerView cache,
+                              Tensor out) override {
+    if (skip_attention_) return OkStatus();
+    return inner_->RopeWriteKvAttention(qkv, q_scratch, rope, params, meta, cache, out);
+  }
   Status GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor out) override {
     return inner_->GatherRows(x, rows, out);
   }
+  Status SampleRows(const Tensor& logits, std::span<const SampleInput> inputs,
+                    std::span<SampleOutput> outputs) override {
+    return host_sampling_ ? Backend::SampleRows(logits, inputs, outputs) : inner_->SampleRows(logits, inputs, outputs);
+  }
+  bool SupportsDecodeGraphs() const override { return !host_sampling_ && inner_->SupportsDecodeGraphs(); }
+  Status ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_per_seq, int32_t block_size,
+                             const AttentionParams& params) override {
+    return inner_->ReserveDecodeGraphs(max_batch, max_blocks_per_seq, block_size, params);
+  }
+  Status StageDecodeInputs(std::span<const int32_t> token_ids, const AttentionMetadata& meta,
+                           int64_t num_kv_blocks) override {
+    return inner_->StageDecodeInputs(token_ids, meta, num_kv_blocks);
+  }
+  Status RunDecodeGraph(int32_t key, bool capture, const std::function<Status()>& record) override {
+    return inner_->RunDecodeGraph(key, capture, record);
+  }
+  void ClearDecodeGraphs() override { inner_->ClearDecodeGraphs(); }
 
  private:
   std::unique_ptr<CudaBackend> inner_;
+  const bool host_sampling_;
+  bool skip_attention_ = false;
 };
 
 void PrintAttentionTable(const std::vector<AttentionRow>& attn, int ctx, double read_bw) {
@@ -533,13 +567,9 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
   ec.enable_prefix_caching = false;
   ec.enable_cuda_graphs = cuda_graphs;
   ec.num_kv_blocks = max_batch * ((ctx + decode_tokens + 15) / 16) + 8;
-  std::unique_ptr<Backend> engine_backend;
-  if (host_sampling) {
-    engine_backend = std::make_unique<HostSamplingBackend>(std::move(owned));
-  } else {
-    engine_backend = std::move(owned);
-  }
-  auto engine_or = Engine::Create(ec, config, std::move(source.weights), std::move(engine_backend));
+  auto wrapped = std::make_unique<BenchBackend>(std::move(owned), host_sampling);
+  BenchBackend& bench_backend = *wrapped;
+  auto engine_or = Engine::Create(ec, config, std::move(source.weights), std::move(wrapped));
   if (!engine_or.ok()) return engine_or.status();
   Engine& e = **engine_or;
   const double t_load = WallNow();
@@ -587,6 +617,7 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
       ko.small_m_gemv_streamed_max_rows = v.streamed_max_rows;
       ko.fuse_rope_decode_attention = v.fuse_rope;
       backend.SetKernelOptions(ko);
+      bench_backend.set_skip_attention(v.skip_attention);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
       StepTimes t;
       for (int i = 0; i < measured_steps; ++i) TANDEM_RETURN_IF_ERROR(TimedStep(e, &t));
