@@ -11,7 +11,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kMinKeysPerSplit = 64;
 constexpr int kTileKeys = 16;   // keys per tensor-core tile, and the granularity of a split
 constexpr int kMaxSplits = 64;
 constexpr int kCtasPerSm = 2;   // resident tensor-core CTAs per SM: the split policy's slots
@@ -22,22 +21,30 @@ __host__ __device__ constexpr int PartStride(int head_dim) { return head_dim + 4
 // exp2(m - m_ref), 0 for an empty state (m = -inf).
 __device__ __forceinline__ float Rescale(float m, float m_ref) { return m == -INFINITY ? 0.0f : exp2f(m - m_ref); }
 
-// Keys [r0, r1) of this CTA's split. The sequence's own keys are split (at least kMinKeysPerSplit
-// each, in whole tiles), so the grid can be fixed (a captured graph) while lengths vary: splits
-// past the sequence's keys are empty (r0 >= r1), and their partial state (m = -inf, l = 0) weighs
-// nothing in the combine.
+// How a sequence's keys split: keys [first, pos] in splits of split_len (at least
+// p.min_split_keys, in whole tiles), so the grid can be fixed (a captured graph) while lengths vary:
+// splits from `used` on are empty, and their partial state (m = -inf, l = 0) weighs nothing.
+struct SplitPlan {
+  int32_t first, pos, split_len, used;
+};
+__device__ __forceinline__ SplitPlan PlanSplits(const PagedDecodeAttentionParams& p, int32_t seq) {
+  const int32_t pos = p.positions[seq];
+  const int32_t first = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0;
+  const int32_t len = pos + 1 - first;
+  int32_t split_len = max(p.min_split_keys, (len + p.num_splits - 1) / p.num_splits);
+  split_len = (split_len + kTileKeys - 1) / kTileKeys * kTileKeys;
+  return {first, pos, split_len, min(p.num_splits, (len + split_len - 1) / split_len)};
+}
+
+// Keys [r0, r1) of this CTA's split (r0 >= r1: empty).
 struct KeyRange {
   int32_t r0, r1;
   int32_t pos;  // the query's position: its key is the one the step's RoPE kernel writes
 };
 __device__ __forceinline__ KeyRange SplitKeys(const PagedDecodeAttentionParams& p, int32_t seq, int32_t split) {
-  const int32_t pos = p.positions[seq];
-  const int32_t first = p.sliding_window > 0 ? max(0, pos - p.sliding_window + 1) : 0;
-  const int32_t len = pos + 1 - first;
-  int32_t split_len = max(kMinKeysPerSplit, (len + p.num_splits - 1) / p.num_splits);
-  split_len = (split_len + kTileKeys - 1) / kTileKeys * kTileKeys;
-  const int32_t r0 = first + split * split_len;
-  return {r0, min(pos + 1, r0 + split_len), pos};
+  const SplitPlan plan = PlanSplits(p, seq);
+  const int32_t r0 = plan.first + split * plan.split_len;
+  return {r0, min(plan.pos + 1, r0 + plan.split_len), plan.pos};
 }
 
 // Merges the CTA's per-warp states (s_acc[w][h][d] over kHs head slots, s_m and s_l [w][h]) and
@@ -81,10 +88,11 @@ constexpr int kCombineScratchFloats = 2 * kHs * kMaxSplits + kHs;
 
 // Combines every split's partial state of the query heads of (seq, kv_head) into the output: m_all =
 // max m_s, out = sum a_s f_s / sum l_s f_s with f_s = exp2(m_s - m_all), splits in order (a fixed
-// order: the result does not depend on timing or on which CTA combines). All kT threads of the CTA
+// order: the result does not depend on timing or on which CTA combines). Splits past the
+// sequence's keys are not read (empty: they would add exactly nothing). All kT threads of the CTA
 // call it; `scratch` is shared memory of kCombineScratchFloats<kHs> floats. One memory round when
-// num_splits <= 16: each thread's accumulator loads (a float4 of dims per head and split) are in
-// flight together with the (m, l) loads.
+// at most 16 splits hold keys: each thread's accumulator loads (a float4 of dims per head and
+// split) are in flight together with the (m, l) loads.
 template <int kD, int kHs, int kT>
 __device__ __forceinline__ void CombineSplits(const PagedDecodeAttentionParams& p, float* scratch, int32_t seq,
                                               int32_t kv_head) {
@@ -92,7 +100,8 @@ __device__ __forceinline__ void CombineSplits(const PagedDecodeAttentionParams& 
   constexpr int kBlock = 16;                          // splits whose loads a thread has in flight
   constexpr int kMlLoads = (kHs * kMaxSplits + kT - 1) / kT;
   const int32_t group = p.num_heads / p.num_kv_heads;
-  const int32_t ns = p.num_splits;
+  const int32_t ns = p.num_splits;                    // records per head
+  const int32_t used = PlanSplits(p, seq).used;       // of them with keys
   const int32_t pairs = group * (kD / 4);             // (head, float4 of dims)
   float* s_f = scratch;                               // [kHs][kMaxSplits]: m_s, then f_s
   float* s_l = scratch + kHs * kMaxSplits;            // [kHs][kMaxSplits]: l_s
@@ -104,7 +113,7 @@ __device__ __forceinline__ void CombineSplits(const PagedDecodeAttentionParams& 
     const float* base = rows + static_cast<int64_t>(q / (kD / 4)) * ns * kStride + (q % (kD / 4)) * 4;
 #pragma unroll
     for (int j = 0; j < kBlock; ++j) {
-      a[j] = s0 + j < ns ? __ldcg(reinterpret_cast<const float4*>(base + static_cast<int64_t>(s0 + j) * kStride))
+      a[j] = s0 + j < used ? __ldcg(reinterpret_cast<const float4*>(base + static_cast<int64_t>(s0 + j) * kStride))
                          : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
   };
@@ -112,16 +121,17 @@ __device__ __forceinline__ void CombineSplits(const PagedDecodeAttentionParams& 
   float2 ml[kMlLoads];
 #pragma unroll
   for (int j = 0; j < kMlLoads; ++j) {
-    const int32_t i = threadIdx.x + j * kT;  // head i / ns, split i % ns
-    ml[j] = i < group * ns ? __ldcg(reinterpret_cast<const float2*>(rows + static_cast<int64_t>(i) * kStride + kD))
-                           : make_float2(0.0f, 0.0f);
+    const int32_t i = threadIdx.x + j * kT;  // head i / used, split i % used
+    const int64_t record = static_cast<int64_t>(i / max(used, 1)) * ns + i % max(used, 1);
+    ml[j] = i < group * used ? __ldcg(reinterpret_cast<const float2*>(rows + record * kStride + kD))
+                             : make_float2(0.0f, 0.0f);
   }
 #pragma unroll
   for (int j = 0; j < kMlLoads; ++j) {
     const int32_t i = threadIdx.x + j * kT;
-    if (i < group * ns) {
-      s_f[(i / ns) * kMaxSplits + i % ns] = ml[j].x;
-      s_l[(i / ns) * kMaxSplits + i % ns] = ml[j].y;
+    if (i < group * used) {
+      s_f[(i / used) * kMaxSplits + i % used] = ml[j].x;
+      s_l[(i / used) * kMaxSplits + i % used] = ml[j].y;
     }
   }
   __syncthreads();
@@ -129,9 +139,9 @@ __device__ __forceinline__ void CombineSplits(const PagedDecodeAttentionParams& 
     float* f = s_f + threadIdx.x * kMaxSplits;
     const float* l = s_l + threadIdx.x * kMaxSplits;
     float m_all = -INFINITY;
-    for (int s = 0; s < ns; ++s) m_all = fmaxf(m_all, f[s]);
+    for (int s = 0; s < used; ++s) m_all = fmaxf(m_all, f[s]);
     float sum = 0.0f;
-    for (int s = 0; s < ns; ++s) {
+    for (int s = 0; s < used; ++s) {
       f[s] = Rescale(f[s], m_all);
       sum += l[s] * f[s];
     }
@@ -142,11 +152,11 @@ __device__ __forceinline__ void CombineSplits(const PagedDecodeAttentionParams& 
     const int32_t h = q / (kD / 4);
     const float* f = s_f + h * kMaxSplits;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int32_t s0 = 0; s0 < ns; s0 += kBlock) {
+    for (int32_t s0 = 0; s0 < used; s0 += kBlock) {
       if (q != static_cast<int32_t>(threadIdx.x) || s0 > 0) load_block(q, s0);
 #pragma unroll
       for (int j = 0; j < kBlock; ++j) {
-        if (s0 + j < ns) {
+        if (s0 + j < used) {
           const float fs = f[s0 + j];
           acc.x += a[j].x * fs;
           acc.y += a[j].y * fs;
@@ -739,13 +749,14 @@ bool PagedDecodeAttentionFusesRope(int32_t head_dim, int32_t rotary_dim) {
 }
 
 int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms,
-                                   PagedDecodeKernel kernel) {
+                                   PagedDecodeKernel kernel, int32_t min_split_keys) {
   const int64_t pairs = std::max<int64_t>(1, static_cast<int64_t>(num_seqs) * num_kv_heads);
   const int64_t slots = static_cast<int64_t>(kCtasPerSm) * std::max(1, num_sms);
-  const int64_t by_length = std::max<int64_t>(1, (static_cast<int64_t>(max_context) + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
+  const int64_t keys = std::max(16, min_split_keys);
+  const int64_t by_length = std::max<int64_t>(1, (static_cast<int64_t>(max_context) + keys - 1) / keys);
   if (kernel == PagedDecodeKernel::kCudaCore) {
     const int64_t want = (2LL * std::max(1, num_sms) + pairs - 1) / pairs;
-    return static_cast<int32_t>(std::max<int64_t>(1, std::min(want, by_length)));
+    return static_cast<int32_t>(std::max<int64_t>(1, std::min({want, by_length, int64_t{kMaxSplits}})));
   }
   const int64_t cap = std::min<int64_t>(by_length, kMaxSplits);
   for (int64_t s = 1; s < cap; ++s) {
@@ -774,6 +785,8 @@ cudaError_t LaunchPagedDecodeAttention(const PagedDecodeAttentionParams& params,
   if (p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.num_splits < 1) return cudaErrorInvalidValue;
   if (!PagedDecodeAttentionSupports(p.head_dim, p.num_heads / p.num_kv_heads)) return cudaErrorInvalidValue;
   if (p.num_splits > 1 && p.partial == nullptr) return cudaErrorInvalidValue;
+  if (p.num_splits > kMaxSplits) return cudaErrorInvalidValue;  // the combine's scratch holds 64 states
+  if (p.min_split_keys < kTileKeys || p.min_split_keys % kTileKeys != 0) return cudaErrorInvalidValue;
   const bool tensor_cores = p.kernel == PagedDecodeKernel::kAuto ? PagedDecodeAttentionTensorCores(p.head_dim)
                                                                  : p.kernel == PagedDecodeKernel::kTensorCore;
   if (tensor_cores && !PagedDecodeAttentionTensorCores(p.head_dim)) return cudaErrorInvalidValue;

@@ -48,6 +48,8 @@
 namespace tandem::kernels {
 
 bool PagedDecodeAttentionSupports(int32_t head_dim, int32_t group);
+// The fewest keys a split takes by default (PagedDecodeAttentionParams::min_split_keys).
+inline constexpr int32_t kPagedDecodeMinSplitKeys = 64;
 // Whether kAuto takes the tensor-core kernel for `head_dim` (64, 128); else the CUDA-core one.
 bool PagedDecodeAttentionTensorCores(int32_t head_dim);
 // Whether a launch may fuse RoPE and the KV write (PagedDecodeAttentionParams::qkv): the
@@ -59,15 +61,17 @@ bool PagedDecodeAttentionFusesRope(int32_t head_dim, int32_t rotary_dim);
 // kernel, for the engine, benchmarks and tests.
 enum class PagedDecodeKernel : int32_t { kAuto, kCudaCore, kTensorCore };
 
-// Key splits per sequence for a batch, at least 64 keys each for a context of `max_context`, for
-// the kernel the launch takes (kAuto stands for the tensor-core one). Tensor-core policy: the
+// Key splits per sequence for a batch, at least `min_split_keys` keys each (the launch's
+// PagedDecodeAttentionParams::min_split_keys) for a context of `max_context`, for the kernel the
+// launch takes (kAuto stands for the tensor-core one). Tensor-core policy: the
 // fewest splits (at most 64) that keep >= 90% of the CTA slots of every wave busy (2 resident CTAs
 // per SM). kCudaCore: enough CTAs to fill the SMs twice (its policy before the tensor-core
-// kernel). Each sequence divides its own keys among the splits (at least 64 per split, in whole
+// kernel), at most 64 splits. Each sequence divides its own keys among the splits (at least 64 per split, in whole
 // 16-key tiles, the rest empty), so any num_splits is correct for any batch: a graph fixes it from
 // the longest context it may see.
 int32_t PagedDecodeAttentionSplits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_context, int32_t num_sms,
-                                   PagedDecodeKernel kernel = PagedDecodeKernel::kAuto);
+                                   PagedDecodeKernel kernel = PagedDecodeKernel::kAuto,
+                                   int32_t min_split_keys = kPagedDecodeMinSplitKeys);
 
 // Floats of `partial` the launch needs (0 when num_splits == 1).
 size_t PagedDecodeAttentionPartialFloats(int32_t num_seqs, int32_t num_heads, int32_t head_dim, int32_t num_splits);
@@ -93,7 +97,7 @@ struct PagedDecodeAttentionParams {
   // kernel. Launches on one buffer must be stream-ordered (or programmatic: they wait first).
   int32_t* split_counters = nullptr;
   int32_t num_seqs = 0;
-  int32_t num_splits = 1;
+  int32_t num_splits = 1;  // 1..64
   int32_t max_blocks_per_seq = 0;
   int32_t num_heads = 0;
   int32_t num_kv_heads = 0;
@@ -101,6 +105,7 @@ struct PagedDecodeAttentionParams {
   int32_t block_size = 0;
   int32_t sliding_window = 0;  // 0: none
   float scale = 1.0f;
+  int32_t min_split_keys = kPagedDecodeMinSplitKeys;  // a multiple of 16, as given to PagedDecodeAttentionSplits
   // Fused RoPE and KV write (see above): when qkv is set, q is not read and every field below is
   // required; the launch takes the tensor-core kernel (cudaErrorInvalidValue where it cannot).
   const __nv_bfloat16* qkv = nullptr;     // [num_seqs, (num_heads + 2 * num_kv_heads) * head_dim]

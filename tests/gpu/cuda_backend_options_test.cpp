@@ -22,6 +22,14 @@ TEST(CudaBackendOptionsTest, AbsurdOptionsAreRefusedWithInvalidArgument) {
     EXPECT_EQ(backend.status().code(), StatusCode::kInvalidArgument) << backend.status().ToString();
     EXPECT_NE(backend.status().ToString().find("small_m_gemv_columns_per_warp"), std::string::npos);
   }
+  for (int keys : {0, 8, 24, 4112}) {
+    CudaBackendOptions options;
+    options.decode_attention_min_split_keys = keys;
+    auto backend = MakeCudaBackend(options);
+    ASSERT_FALSE(backend.ok()) << keys;
+    EXPECT_EQ(backend.status().code(), StatusCode::kInvalidArgument) << backend.status().ToString();
+    EXPECT_NE(backend.status().ToString().find("decode_attention_min_split_keys"), std::string::npos);
+  }
 }
 
 }  // namespace

@@ -72,6 +72,7 @@ std::vector<DecodeCase> Cases() {
 struct SmallBatchPath {
   bool programmatic = false;
   bool in_kernel_combine = false;  // split_counters given
+  int32_t min_split_keys = kernels::kPagedDecodeMinSplitKeys;
 };
 
 class DecodeAttentionParityTest : public ::testing::Test {
@@ -159,6 +160,7 @@ class DecodeAttentionParityTest : public ::testing::Test {
         p.scale = params.scale;
         p.kernel = kind;
         p.programmatic = path.programmatic;
+        p.min_split_keys = path.min_split_keys;
         p.split_counters = counters ? static_cast<int32_t*>(counters->data()) : nullptr;
         ASSERT_EQ(kernels::LaunchPagedDecodeAttention(p, cuda_->stream()), cudaSuccess) << what;
         ASSERT_TRUE(gpu_->Synchronize().ok()) << what;
@@ -202,11 +204,12 @@ TEST_F(DecodeAttentionParityTest, SmallBatchForSanitizers) {
 
 // The small-batch path launched directly: 1-4 sequences, head dims 64 / 128 / 256, groups 1 / 4 / 8,
 // block sizes with whole tiles and without, a window, split counts 1 to 64 and the policy's; every
-// kernel with programmatic launch alone, the in-kernel combine alone, and both.
+// kernel with programmatic launch alone, the in-kernel combine alone, and both; splits of at least
+// 64, 128 and 256 keys.
 TEST_F(DecodeAttentionParityTest, SmallBatchProgrammaticAndInKernelCombineMatchTheReference) {
   const std::vector<int32_t> lens{1023, 1, 300, 4097};
   const std::vector<int32_t> splits{1, 2, 3, 8, 16, 64};
-  const SmallBatchPath paths[] = {{true, false}, {false, true}, {true, true}};
+  const SmallBatchPath paths[] = {{true, false}, {false, true}, {true, true}, {true, true, 128}, {false, false, 256}};
   for (int32_t n = 1; n <= 4; ++n) {
     const std::vector<int32_t> batch(lens.begin(), lens.begin() + n);
     for (int32_t hd : {64, 128, 256}) {
@@ -333,6 +336,10 @@ TEST_F(DecodeAttentionParityTest, TensorCoreKernelRejectsHeadDim256) {
   p.block_size = 16;
   p.kernel = PagedDecodeKernel::kTensorCore;
   EXPECT_EQ(kernels::LaunchPagedDecodeAttention(p, cuda_->stream()), cudaErrorInvalidValue);
+  // Splits of a number of keys that is not whole 16-key tiles.
+  p.head_dim = 128;
+  p.min_split_keys = 24;
+  EXPECT_EQ(kernels::LaunchPagedDecodeAttention(p, cuda_->stream()), cudaErrorInvalidValue);
 }
 
 // The tensor-core policy fills every SM's CTA slots to >= 90% in each wave, within its caps.
@@ -356,10 +363,11 @@ TEST(DecodeAttentionSplitPolicy, FillsTheWavesWithinTheCaps) {
           if (!capped) {
             EXPECT_GE(10 * ctas, 9 * waves * slots) << what;
           }
-          // The CUDA-core kernel keeps its own policy: enough CTAs to fill the SMs twice.
+          // The CUDA-core kernel keeps its own policy: enough CTAs to fill the SMs twice, at most 64
+          // splits (what the combine holds).
           const int64_t want = (2LL * sms + int64_t{seqs} * nkv - 1) / (int64_t{seqs} * nkv);
           EXPECT_EQ(kernels::PagedDecodeAttentionSplits(seqs, nkv, ctx, sms, PagedDecodeKernel::kCudaCore),
-                    std::max<int64_t>(1, std::min<int64_t>(want, std::max(1, (ctx + 63) / 64))))
+                    std::max<int64_t>(1, std::min<int64_t>({want, std::max(1, (ctx + 63) / 64), 64})))
               << what;
         }
       }

@@ -6,7 +6,7 @@
 // unchanged bit for bit. Head dims 64 / 128, GQA groups 1 / 4 / 8, block sizes with whole 16-key
 // tiles and without, first positions (0, 1), split boundaries, windows, long contexts, batches of
 // 1-4 (the small-batch path with its programmatic launch and in-kernel combine, on and off) and
-// larger ones; a padded row (negative slot) writes nothing; shapes the kernel cannot fuse take the
+// larger ones, splits of at least 64 / 128 / 256 keys; a padded row (negative slot) writes nothing; shapes the kernel cannot fuse take the
 // two ops; and the engine's order (programmatic small-M GEMV -> fused attention).
 #include <gtest/gtest.h>
 
@@ -68,6 +68,7 @@ HostRope MakeRope(int32_t rotary_dim) {
 struct Options {
   bool small_batch_attention = false;  // programmatic launch + in-kernel combine (batches <= 4)
   bool fuse = true;
+  int min_split_keys = 64;             // CudaBackendOptions::decode_attention_min_split_keys
 };
 
 class FusedRopeDecodeAttentionTest : public ::testing::Test {
@@ -82,6 +83,7 @@ class FusedRopeDecodeAttentionTest : public ::testing::Test {
   std::unique_ptr<Backend> Gpu(const Options& o) {
     CudaBackendOptions options = gpu_testing::GpuBackendOptions(0.9, o.small_batch_attention);
     options.fuse_rope_decode_attention = o.fuse;
+    options.decode_attention_min_split_keys = o.min_split_keys;
     return gpu_testing::MakeGpuBackend(options);
   }
 
@@ -181,7 +183,7 @@ TEST_F(FusedRopeDecodeAttentionTest, MatchesRopeThenAttentionOnTheCpu) {
   const HostRope rope128 = MakeRope(128), rope64 = MakeRope(64);
   // Lengths: the first decode positions, tile and split boundaries (64-key splits), odd lengths.
   const std::vector<int32_t> lens{1, 2, 17, 64, 65, 1023, 129, 4097};
-  for (const Options o : {Options{false, true}, Options{true, true}}) {
+  for (const Options o : {Options{false, true}, Options{true, true}, Options{true, true, 128}, Options{false, true, 256}}) {
     std::unique_ptr<Backend> gpu = Gpu(o);
     ASSERT_NE(gpu, nullptr);
     for (int32_t hd : {64, 128}) {

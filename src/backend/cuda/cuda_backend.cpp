@@ -82,6 +82,11 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     return InvalidArgumentError("cuda backend: small_m_gemv_columns_per_warp must be 0, 1 or 2, got " +
                                 std::to_string(options.small_m_gemv_columns_per_warp));
   }
+  if (options.decode_attention_min_split_keys < 16 || options.decode_attention_min_split_keys > 4096 ||
+      options.decode_attention_min_split_keys % 16 != 0) {
+    return InvalidArgumentError("cuda backend: decode_attention_min_split_keys must be a multiple of 16 in [16, 4096], got " +
+                                std::to_string(options.decode_attention_min_split_keys));
+  }
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess || count == 0) {
@@ -127,11 +132,12 @@ Status CudaBackend::Init() {
   TANDEM_CUDA_RETURN_IF_ERROR(cudaMemset(attention_split_counters_, 0, kAttentionSplitCounters * sizeof(int32_t)));
   spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}, "
                "streamed GEMV up to {} rows, small-batch decode attention: programmatic {}, in-kernel combine {}; "
-               "RoPE fused into decode attention {}; wgmma prefill attention {}",
+               "RoPE fused into decode attention {}, splits of >= {} keys; wgmma prefill attention {}",
                device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
                fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off", small_m_gemv_streamed_max_rows_,
                programmatic_decode_attention_ && programmatic_launch_ ? "on" : "off",
                decode_attention_combines_in_kernel_ ? "on" : "off", fuse_rope_decode_attention_ ? "on" : "off",
+               decode_attention_min_split_keys_,
                wgmma_prefill_attention_ ? "on" : "off");
   return OkStatus();
 }

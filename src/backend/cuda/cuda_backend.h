@@ -111,8 +111,8 @@ class CudaBackend final : public Backend {
 
   // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
   // small_m_gemv_streamed_max_rows, programmatic_decode_attention,
-  // decode_attention_combines_in_kernel and fuse_rope_decode_attention to those of `options` at
-  // run time (nothing else). Drops every decode graph: the next steps capture anew.
+  // decode_attention_combines_in_kernel, fuse_rope_decode_attention and
+  // decode_attention_min_split_keys to those of `options` at run time (nothing else). Drops every decode graph: the next steps capture anew.
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
@@ -133,6 +133,7 @@ class CudaBackend final : public Backend {
         programmatic_decode_attention_(options.programmatic_decode_attention),
         decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel),
         fuse_rope_decode_attention_(options.fuse_rope_decode_attention),
+        decode_attention_min_split_keys_(options.decode_attention_min_split_keys),
         wgmma_prefill_attention_requested_(options.wgmma_prefill_attention) {}
   Status Init();
   Status SelectDevice() const;
@@ -183,6 +184,7 @@ class CudaBackend final : public Backend {
   bool programmatic_decode_attention_;
   bool decode_attention_combines_in_kernel_;
   bool fuse_rope_decode_attention_;
+  int decode_attention_min_split_keys_;
   bool sm90_ = false;  // constant after Init
   const bool wgmma_prefill_attention_requested_;
   bool wgmma_prefill_attention_ = false;  // requested and the device is compute capability 9.0 (sm_90a)

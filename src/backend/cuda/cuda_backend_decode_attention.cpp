@@ -38,7 +38,9 @@ bool CudaBackend::IsDecodeOnly(const AttentionParams& params, const AttentionMet
 Status CudaBackend::LaunchDecodeAttention(kernels::PagedDecodeAttentionParams p, const AttentionParams& params,
                                           int32_t max_context) {
   p.kernel = DecodeAttentionKernel(params.head_dim);
-  p.num_splits = kernels::PagedDecodeAttentionSplits(p.num_seqs, params.num_kv_heads, max_context, num_sms_, p.kernel);
+  p.min_split_keys = decode_attention_min_split_keys_;
+  p.num_splits = kernels::PagedDecodeAttentionSplits(p.num_seqs, params.num_kv_heads, max_context, num_sms_, p.kernel,
+                                                     p.min_split_keys);
   const size_t floats =
       kernels::PagedDecodeAttentionPartialFloats(p.num_seqs, params.num_heads, params.head_dim, p.num_splits);
   if (decode_graphs_.active()) {

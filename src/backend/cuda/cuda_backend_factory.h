@@ -40,8 +40,12 @@ struct CudaBackendOptions {
   bool decode_attention_combines_in_kernel = false;
   // Decode-only batches whose head the tensor-core split-KV kernel holds and rotates whole: RoPE
   // and the KV write fused into the attention kernel (Backend::RopeWriteKvAttention); the new key
-  // is attended from registers, so no load waits on the write. Off: the RoPE kernel, then attention.
+  // is attended from shared memory, so no load waits on the write. Off: the RoPE kernel, then
+  // attention.
   bool fuse_rope_decode_attention = true;
+  // The fewest keys a split-KV decode attention split takes (a multiple of 16, 16..4096): more
+  // keys per split, fewer CTAs and partial states to combine for short contexts and small batches.
+  int decode_attention_min_split_keys = 128;
   // Prefill attention through the wgmma kernel (kernels/paged_prefill_attention_wgmma.cuh) on
   // devices of compute capability 9.0 for the shapes it supports; off (or elsewhere): the mma.sync
   // kernel (kernels/paged_prefill_attention.cuh), the "before" of benchmarks and tests.

@@ -40,6 +40,7 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   programmatic_decode_attention_ = options.programmatic_decode_attention;
   decode_attention_combines_in_kernel_ = options.decode_attention_combines_in_kernel;
   fuse_rope_decode_attention_ = options.fuse_rope_decode_attention;
+  decode_attention_min_split_keys_ = options.decode_attention_min_split_keys;
 }
 
 Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {

@@ -14,12 +14,13 @@ Status CudaBackend::ReserveDecodeGraphs(int32_t max_batch, int32_t max_blocks_pe
     return InvalidArgumentError("cuda backend: decode graphs need a positive batch, table and block size");
   }
   TANDEM_RETURN_IF_ERROR(SelectDevice());
-  // The split-KV attention workspace for the largest split count of any batch size.
+  // The split-KV attention workspace for the largest split count of any batch size, at the
+  // fewest keys per split any option allows (fewer keys, never fewer splits; the option may change).
   const int32_t max_context = max_blocks_per_seq * block_size;
   size_t partial = 0;
   for (int32_t b = 1; b <= max_batch; ++b) {
     const int32_t splits = kernels::PagedDecodeAttentionSplits(b, params.num_kv_heads, max_context, num_sms_,
-                                                               DecodeAttentionKernel(params.head_dim));
+                                                               DecodeAttentionKernel(params.head_dim), 16);
     partial = std::max(partial, kernels::PagedDecodeAttentionPartialFloats(b, params.num_heads, params.head_dim, splits));
   }
   TANDEM_RETURN_IF_ERROR(decode_graphs_.Reserve(stream_, max_batch, max_blocks_per_seq, partial));
