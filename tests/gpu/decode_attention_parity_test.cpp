@@ -39,12 +39,7 @@ constexpr double kBf16Tolerance = 1e-2;
 using DecodeCase = gpu_testing::AttentionCase;
 using gpu_testing::Describe;
 
-// One decode query per sequence at the end of a context of `len` tokens.
-DecodeCase Decodes(int32_t hd, int32_t nh, int32_t nkv, int32_t bs, int32_t window, const std::vector<int32_t>& lens) {
-  DecodeCase c{hd, nh, nkv, bs, window, {}};
-  for (int32_t len : lens) c.seqs.push_back({len - 1, 1});
-  return c;
-}
+using gpu_testing::Decodes;
 
 std::vector<DecodeCase> Cases() {
   std::vector<DecodeCase> cases;

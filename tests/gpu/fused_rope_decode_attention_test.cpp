@@ -27,6 +27,7 @@ namespace {
 
 using gpu_testing::AttentionBatch;
 using gpu_testing::AttentionCase;
+using gpu_testing::Decodes;
 using gpu_testing::Describe;
 using gpu_testing::Download;
 using gpu_testing::HostF32;
@@ -37,13 +38,6 @@ using gpu_testing::Upload;
 
 constexpr double kBf16Tolerance = 1e-2;
 constexpr int64_t kMaxPositions = 33000;  // the longest case: 32768 tokens
-
-AttentionCase Decodes(int32_t hd, int32_t nh, int32_t nkv, int32_t bs, int32_t window,
-                      const std::vector<int32_t>& lens) {
-  AttentionCase c{hd, nh, nkv, bs, window, {}};
-  for (int32_t len : lens) c.seqs.push_back({len - 1, 1});
-  return c;
-}
 
 // cos / sin of Llama's default RoPE (theta 500000) for `rotary_dim`, host f32 [positions, rotary_dim / 2].
 struct HostRope {

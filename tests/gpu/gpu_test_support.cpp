@@ -124,6 +124,13 @@ double RelError(const std::vector<float>& out, const std::vector<float>& ref) {
   return std::sqrt(diff / norm);
 }
 
+AttentionCase Decodes(int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, int32_t block_size, int32_t window,
+                      const std::vector<int32_t>& lens) {
+  AttentionCase c{head_dim, num_heads, num_kv_heads, block_size, window, {}};
+  for (int32_t len : lens) c.seqs.push_back({len - 1, 1});
+  return c;
+}
+
 std::string Describe(const AttentionCase& c) {
   std::string s = "hd" + std::to_string(c.head_dim) + " h" + std::to_string(c.num_heads) + "/" +
                   std::to_string(c.num_kv_heads) + " bs" + std::to_string(c.block_size) + " win" +

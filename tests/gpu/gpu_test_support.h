@@ -71,6 +71,10 @@ struct AttentionCase {
   std::vector<SeqChunk> seqs;
 };
 
+// One decode query per sequence at the end of a context of `len` tokens (len - 1 cached, 1 new).
+AttentionCase Decodes(int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, int32_t block_size, int32_t window,
+                      const std::vector<int32_t>& lens);
+
 // "hd128 h32/8 bs16 win0 seqs (0+37) ..." for failure messages.
 std::string Describe(const AttentionCase& c);
 
