@@ -34,7 +34,7 @@ namespace tandem::kernels {
 bool StreamedGemvSupports(const SmallMGemvParams& params, int num_sms);
 
 // cudaErrorInvalidValue for a GEMV StreamedGemvSupports refuses; else as LaunchSmallMGemv.
-// Uses params.programmatic and num_sms (0: 132); ignores columns_per_warp and l2_prefetch_bytes.
+// Uses params.programmatic and num_sms (0: 132); ignores columns_per_warp.
 cudaError_t LaunchStreamedGemv(const SmallMGemvParams& params, cudaStream_t stream);
 
 }  // namespace tandem::kernels
