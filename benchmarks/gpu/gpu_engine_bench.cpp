@@ -469,6 +469,18 @@ class BenchBackend final : public Backend {
     return inner_->RunDecodeGraph(key, capture, record);
   }
   void ClearDecodeGraphs() override { inner_->ClearDecodeGraphs(); }
+  Status GatherKvBlocks(std::span<const KvLayerView> layers, std::span<const int32_t> block_ids,
+                        void* host) override {
+    return inner_->GatherKvBlocks(layers, block_ids, host);
+  }
+  Status ScatterKvBlocks(const void* host, std::span<const int32_t> block_ids,
+                         std::span<const KvLayerView> layers) override {
+    return inner_->ScatterKvBlocks(host, block_ids, layers);
+  }
+  Status ScatterKvBlocksFromDevice(const void* device_src, std::span<const int32_t> block_ids,
+                                   std::span<const KvLayerView> layers) override {
+    return inner_->ScatterKvBlocksFromDevice(device_src, block_ids, layers);
+  }
 
  private:
   std::unique_ptr<CudaBackend> inner_;
