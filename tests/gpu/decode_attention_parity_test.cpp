@@ -253,14 +253,9 @@ TEST_F(DecodeAttentionParityTest, SmallBatchPathAfterProgrammaticGemvAndRope) {
   const std::vector<int32_t> lens{1500, 37, 800, 3000};
   for (const Shape& s : shapes) {
     const int64_t hd = s.hd, nh = s.nh, nkv = s.nkv, half = hd / 2, row = (nh + 2 * nkv) * hd;
-    std::vector<float> cos(max_pos * half), sin(max_pos * half);
-    for (int64_t p = 0; p < max_pos; ++p) {
-      for (int64_t i = 0; i < half; ++i) {
-        const double freq = std::pow(500000.0, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
-        cos[p * half + i] = static_cast<float>(std::cos(p * freq));
-        sin[p * half + i] = static_cast<float>(std::sin(p * freq));
-      }
-    }
+    gpu_testing::HostRope rope = gpu_testing::LlamaRope(max_pos, s.hd);
+    std::vector<float>& cos = rope.cos;
+    std::vector<float>& sin = rope.sin;
     auto dcos = Upload(*gpu, cos, DType::kF32, {max_pos, half});
     auto dsin = Upload(*gpu, sin, DType::kF32, {max_pos, half});
     const Tensor w_view(dw.t.data, DType::kBF16, {row, kHidden});

@@ -7,7 +7,8 @@
 // tiles and without, first positions (0, 1), split boundaries, windows, long contexts, batches of
 // 1-4 (the small-batch path with its programmatic launch and in-kernel combine, on and off) and
 // larger ones, splits of at least 64 / 128 / 256 keys; a padded row (negative slot) writes nothing; shapes the kernel cannot fuse take the
-// two ops; and the engine's order (programmatic small-M GEMV -> fused attention).
+// two ops; a position past the RoPE table is an error; and the engine's order (programmatic small-M
+// GEMV -> fused attention).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -39,25 +40,9 @@ using gpu_testing::Upload;
 constexpr double kBf16Tolerance = 1e-2;
 constexpr int64_t kMaxPositions = 33000;  // the longest case: 32768 tokens
 
-// cos / sin of Llama's default RoPE (theta 500000) for `rotary_dim`, host f32 [positions, rotary_dim / 2].
-struct HostRope {
-  std::vector<float> cos, sin;
-  int32_t rotary_dim;
-};
-HostRope MakeRope(int32_t rotary_dim) {
-  HostRope r{{}, {}, rotary_dim};
-  const int64_t half = rotary_dim / 2;
-  r.cos.resize(kMaxPositions * half);
-  r.sin.resize(kMaxPositions * half);
-  for (int64_t p = 0; p < kMaxPositions; ++p) {
-    for (int64_t i = 0; i < half; ++i) {
-      const double freq = std::pow(500000.0, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
-      r.cos[p * half + i] = static_cast<float>(std::cos(static_cast<double>(p) * freq));
-      r.sin[p * half + i] = static_cast<float>(std::sin(static_cast<double>(p) * freq));
-    }
-  }
-  return r;
-}
+using gpu_testing::HostRope;
+
+HostRope MakeRope(int32_t rotary_dim) { return gpu_testing::LlamaRope(kMaxPositions, rotary_dim); }
 
 struct Options {
   bool small_batch_attention = false;  // programmatic launch + in-kernel combine (batches <= 4)
@@ -225,6 +210,33 @@ TEST_F(FusedRopeDecodeAttentionTest, WhatItCannotFuseTakesTheTwoOps) {
   ASSERT_NE(unfused, nullptr);
   Check(*unfused, Decodes(128, 32, 8, 16, 0, {1023}), MakeRope(128));
   EXPECT_TRUE(q_written_);
+}
+
+// A position past the RoPE table is an OutOfRange error on either path (fused or not), before
+// anything is launched: the cache stays as it was.
+TEST_F(FusedRopeDecodeAttentionTest, APositionPastTheRopeTableIsOutOfRange) {
+  for (bool fuse : {true, false}) {
+    std::unique_ptr<Backend> gpu = Gpu({false, fuse});
+    ASSERT_NE(gpu, nullptr);
+    const AttentionCase c = Decodes(128, 8, 2, 16, 0, {300});
+    const AttentionBatch b = gpu_testing::MakeAttentionBatch(c, 1, rng_);
+    const int64_t hd = 128, row = (8 + 2 * 2) * hd, positions = 100;  // the query sits at 299
+    const HostRope rope = gpu_testing::LlamaRope(positions, 128);
+    const auto kc = RandomBf16(static_cast<int64_t>(b.num_blocks) * 2 * 16 * hd, rng_);
+    auto dqkv = Upload(*gpu, RandomBf16(row, rng_), DType::kBF16, {1, row});
+    auto dkc = Upload(*gpu, kc, DType::kBF16, {b.num_blocks, 2, 16, hd});
+    auto dvc = Upload(*gpu, kc, DType::kBF16, {b.num_blocks, 2, 16, hd});
+    auto dcos = Upload(*gpu, rope.cos, DType::kF32, {positions, hd / 2});
+    auto dsin = Upload(*gpu, rope.sin, DType::kF32, {positions, hd / 2});
+    auto dq = Poisoned(*gpu, DType::kBF16, {1, 8 * hd});
+    auto dout = Poisoned(*gpu, DType::kBF16, {1, 8 * hd});
+    const AttentionParams params{8, 2, 128, 1.0f / std::sqrt(128.0f), 0};
+    const Status s = gpu->RopeWriteKvAttention(dqkv.t, dq.t, RopeTables{dcos.t, dsin.t, 128}, params, b.meta,
+                                               {dkc.t, dvc.t}, dout.t);
+    EXPECT_EQ(s.code(), StatusCode::kOutOfRange) << (fuse ? "fused: " : "unfused: ") << s.ToString();
+    ASSERT_TRUE(gpu->Synchronize().ok());
+    EXPECT_EQ(RelError(Download(*gpu, dkc.t), kc), 0.0) << (fuse ? "fused" : "unfused") << ": the cache was written";
+  }
 }
 
 // The launcher refuses a fused launch it cannot do instead of computing something else.

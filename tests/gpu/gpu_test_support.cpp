@@ -124,6 +124,21 @@ double RelError(const std::vector<float>& out, const std::vector<float>& ref) {
   return std::sqrt(diff / norm);
 }
 
+HostRope LlamaRope(int64_t positions, int32_t rotary_dim) {
+  HostRope r{{}, {}, rotary_dim};
+  const int64_t half = rotary_dim / 2;
+  r.cos.resize(positions * half);
+  r.sin.resize(positions * half);
+  for (int64_t p = 0; p < positions; ++p) {
+    for (int64_t i = 0; i < half; ++i) {
+      const double freq = std::pow(500000.0, -2.0 * static_cast<double>(i) / static_cast<double>(rotary_dim));
+      r.cos[p * half + i] = static_cast<float>(std::cos(static_cast<double>(p) * freq));
+      r.sin[p * half + i] = static_cast<float>(std::sin(static_cast<double>(p) * freq));
+    }
+  }
+  return r;
+}
+
 AttentionCase Decodes(int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, int32_t block_size, int32_t window,
                       const std::vector<int32_t>& lens) {
   AttentionCase c{head_dim, num_heads, num_kv_heads, block_size, window, {}};

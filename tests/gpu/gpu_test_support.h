@@ -71,6 +71,14 @@ struct AttentionCase {
   std::vector<SeqChunk> seqs;
 };
 
+// cos / sin of Llama's default RoPE (theta 500000) over the first `rotary_dim` dims, host f32
+// [positions, rotary_dim / 2] each.
+struct HostRope {
+  std::vector<float> cos, sin;
+  int32_t rotary_dim = 0;
+};
+HostRope LlamaRope(int64_t positions, int32_t rotary_dim);
+
 // One decode query per sequence at the end of a context of `len` tokens (len - 1 cached, 1 new).
 AttentionCase Decodes(int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, int32_t block_size, int32_t window,
                       const std::vector<int32_t>& lens);
