@@ -147,9 +147,7 @@ CudaBackend::~CudaBackend() {
   if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) (void)cudaFree(cublas_workspace_);
-  if (attention_partial_ != nullptr) (void)cudaFree(attention_partial_);
   if (attention_split_counters_ != nullptr) (void)cudaFree(attention_split_counters_);
-  if (sample_device_ != nullptr) (void)cudaFree(sample_device_);
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
 }
 
@@ -559,16 +557,8 @@ Status CudaBackend::SampleRows(const Tensor& logits, std::span<const SampleInput
   const size_t top = n * kernels::kMaxDeviceTopLogprobs;
   const size_t result_bytes = n * 8 + (any_top ? top * 8 : 0);
   const size_t device_bytes = n * 8 + top * 8 + entries.size() * sizeof(float);
-  if (device_bytes > sample_device_bytes_) {
-    // Grow-only; kernels enqueued earlier may still use the old buffer.
-    TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-    if (sample_device_ != nullptr) TANDEM_CUDA_RETURN_IF_ERROR(cudaFree(sample_device_));
-    sample_device_ = nullptr;
-    sample_device_bytes_ = 0;
-    const size_t grown = device_bytes + device_bytes / 2;
-    TANDEM_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&sample_device_), grown));
-    sample_device_bytes_ = grown;
-  }
+  TANDEM_RETURN_IF_ERROR(sample_device_.Reserve(device_bytes, stream_));
+  std::byte* const results = sample_device_.data();
   kernels::SampleRowsParams p;
   p.logits = logits.as<float>();
   p.num_rows = num_rows;
@@ -576,15 +566,15 @@ Status CudaBackend::SampleRows(const Tensor& logits, std::span<const SampleInput
   p.rows = static_cast<const kernels::SampleRowInput*>(sample_upload_.device());
   p.penalties = reinterpret_cast<const kernels::PenaltyEntry*>(
       static_cast<const std::byte*>(sample_upload_.device()) + rows_bytes);
-  p.out_token = reinterpret_cast<int32_t*>(sample_device_);
-  p.out_logprob = reinterpret_cast<float*>(sample_device_ + n * 4);
-  p.out_top_token = reinterpret_cast<int32_t*>(sample_device_ + n * 8);
-  p.out_top_logprob = reinterpret_cast<float*>(sample_device_ + n * 8 + top * 4);
-  p.penalty_raw = reinterpret_cast<float*>(sample_device_ + n * 8 + top * 8);
+  p.out_token = reinterpret_cast<int32_t*>(results);
+  p.out_logprob = reinterpret_cast<float*>(results + n * 4);
+  p.out_top_token = reinterpret_cast<int32_t*>(results + n * 8);
+  p.out_top_logprob = reinterpret_cast<float*>(results + n * 8 + top * 4);
+  p.penalty_raw = reinterpret_cast<float*>(results + n * 8 + top * 8);
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSampleRows(p, stream_));
   sample_results_.resize(result_bytes);
   TANDEM_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(sample_results_.data(), sample_device_, result_bytes, cudaMemcpyDeviceToHost, stream_));
+      cudaMemcpyAsync(sample_results_.data(), results, result_bytes, cudaMemcpyDeviceToHost, stream_));
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
 
   const auto* tokens = reinterpret_cast<const int32_t*>(sample_results_.data());

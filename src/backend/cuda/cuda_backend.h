@@ -27,6 +27,7 @@
 #include "backend/cuda/cuda_backend_factory.h"
 #include "backend/cuda/decode_graphs.h"
 #include "backend/cuda/device_attention_metadata.h"
+#include "backend/cuda/grow_only_device_buffer.h"
 #include "backend/cuda/pinned_upload.h"
 #include "kernels/paged_decode_attention.cuh"
 #include "kernels/small_m_gemv.cuh"
@@ -197,9 +198,8 @@ class CudaBackend final : public Backend {
   DeviceAttentionMetadata attention_metadata_;
   std::vector<uint16_t> convert_scratch_;  // host bf16 conversion of f32/f16 weights
   int num_sms_ = 0;                        // constant after Init
-  // Split-KV decode attention partial results: grow-only device workspace.
-  float* attention_partial_ = nullptr;
-  size_t attention_partial_floats_ = 0;
+  // Split-KV decode attention partial results (eager steps; graphs keep their own).
+  GrowOnlyDeviceBuffer attention_partial_;
   // The in-kernel combine's counters (zero between launches; every launch leaves them zero), one
   // buffer for eager launches and graphs alike: fixed size and address from Init.
   static constexpr size_t kAttentionSplitCounters = 4096;
@@ -210,8 +210,7 @@ class CudaBackend final : public Backend {
   // KV block transfer: block ids, and the grow-only device staging of the host paths.
   PinnedUpload kv_ids_upload_;
   std::unique_ptr<DeviceBuffer> kv_staging_;
-  std::byte* sample_device_ = nullptr;
-  size_t sample_device_bytes_ = 0;
+  GrowOnlyDeviceBuffer sample_device_;  // SampleRows' device results and scratch
   std::vector<std::byte> sample_staging_;
   std::vector<std::byte> sample_results_;
   std::vector<int32_t> sample_marks_;  // vocab-sized, all zero between calls

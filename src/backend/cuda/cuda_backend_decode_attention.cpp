@@ -47,17 +47,8 @@ Status CudaBackend::LaunchDecodeAttention(kernels::PagedDecodeAttentionParams p,
     TANDEM_CHECK_LE(floats, decode_graphs_.partial_floats());
     p.partial = decode_graphs_.partial();
   } else {
-    if (floats > attention_partial_floats_) {
-      // Grow-only; kernels enqueued earlier may still read the old workspace.
-      TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
-      if (attention_partial_ != nullptr) TANDEM_CUDA_RETURN_IF_ERROR(cudaFree(attention_partial_));
-      attention_partial_ = nullptr;
-      attention_partial_floats_ = 0;
-      const size_t grown = floats + floats / 2;
-      TANDEM_CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&attention_partial_), grown * sizeof(float)));
-      attention_partial_floats_ = grown;
-    }
-    p.partial = attention_partial_;
+    TANDEM_RETURN_IF_ERROR(attention_partial_.Reserve(floats * sizeof(float), stream_));
+    p.partial = reinterpret_cast<float*>(attention_partial_.data());
   }
   SetSmallBatchDecodeAttention(&p);  // inside a graph: fixed per bucket (the bucket size decides)
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchPagedDecodeAttention(p, stream_));
