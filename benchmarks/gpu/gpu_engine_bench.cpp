@@ -530,9 +530,6 @@ struct RunFlags {
 };
 
 Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
-  const bool quick = flags.quick, host_sampling = flags.host_sampling, cuda_graphs = flags.cuda_graphs;
-  const bool cuda_core_attention = flags.cuda_core_attention, kernel_ab = flags.kernel_ab;
-  const bool small_batch_attention = flags.small_batch_attention;
   // Blocking sync: time the host spends waiting for the GPU is not thread CPU time.
   TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync));
   ModelSourceOptions options;
@@ -541,9 +538,9 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
   const ModelConfig config = source.config;
   CudaBackendOptions bo;
   bo.gpu_memory_utilization = 0.95;
-  bo.cuda_core_decode_attention = cuda_core_attention;
-  bo.programmatic_decode_attention = small_batch_attention;
-  bo.decode_attention_combines_in_kernel = small_batch_attention;
+  bo.cuda_core_decode_attention = flags.cuda_core_attention;
+  bo.programmatic_decode_attention = flags.small_batch_attention;
+  bo.decode_attention_combines_in_kernel = flags.small_batch_attention;
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> owned, CudaBackend::Create(bo));
   CudaBackend& backend = *owned;
   cudaDeviceProp prop{};
@@ -552,14 +549,14 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
   const double t_start = WallNow();
   TANDEM_ASSIGN_OR_RETURN(Limits lim, MeasureLimits(backend));
   TANDEM_ASSIGN_OR_RETURN(std::vector<LinearRow> linears, MeasureLinears(backend, config, prop.multiProcessorCount));
-  const std::vector<int> batches = quick ? std::vector<int>{1, 32} : std::vector<int>{1, 32, 64, 128, 256};
+  const std::vector<int> batches = flags.quick ? std::vector<int>{1, 32} : std::vector<int>{1, 32, 64, 128, 256};
   const int ctx = 1024;
   TANDEM_ASSIGN_OR_RETURN(std::vector<AttentionRow> attn, MeasureDecodeAttention(backend, config, batches, ctx));
   const double t_micro = WallNow();
 
   const int max_batch = batches.back();
-  std::vector<KernelVariant> variants = {kVariants[small_batch_attention ? kSmallBatchAttentionVariant : kDefaultVariant]};
-  if (kernel_ab) {  // three rounds of every variant: the spread between rounds is the noise
+  std::vector<KernelVariant> variants = {kVariants[flags.small_batch_attention ? kSmallBatchAttentionVariant : kDefaultVariant]};
+  if (flags.kernel_ab) {  // three rounds of every variant: the spread between rounds is the noise
     variants.clear();
     for (int round = 0; round < 3; ++round) variants.insert(variants.end(), std::begin(kVariants), std::end(kVariants));
   }
@@ -577,9 +574,9 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
   ec.max_num_seqs = max_batch;
   ec.max_model_len = 8192 + 256;
   ec.enable_prefix_caching = false;
-  ec.enable_cuda_graphs = cuda_graphs;
+  ec.enable_cuda_graphs = flags.cuda_graphs;
   ec.num_kv_blocks = max_batch * ((ctx + decode_tokens + 15) / 16) + 8;
-  auto wrapped = std::make_unique<BenchBackend>(std::move(owned), host_sampling);
+  auto wrapped = std::make_unique<BenchBackend>(std::move(owned), flags.host_sampling);
   BenchBackend& bench_backend = *wrapped;
   auto engine_or = Engine::Create(ec, config, std::move(source.weights), std::move(wrapped));
   if (!engine_or.ok()) return engine_or.status();
@@ -655,9 +652,9 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
   const double weight_bytes = static_cast<double>(WeightBytes(config));
   std::printf("\n# gpu_engine_bench: %s, dummy weights, bf16, %s sampling, decode graphs %s, %s decode attention%s "
               "(%s, %d SMs, %.1f GiB)\n\n",
-              config_path.filename().c_str(), host_sampling ? "host" : "device", cuda_graphs ? "on" : "off",
-              cuda_core_attention ? "CUDA-core" : "tensor-core",
-              small_batch_attention ? " (<= 4 seqs: PDL + in-kernel combine)" : "", prop.name,
+              config_path.filename().c_str(), flags.host_sampling ? "host" : "device", flags.cuda_graphs ? "on" : "off",
+              flags.cuda_core_attention ? "CUDA-core" : "tensor-core",
+              flags.small_batch_attention ? " (<= 4 seqs: PDL + in-kernel combine)" : "", prop.name,
               prop.multiProcessorCount,
               static_cast<double>(prop.totalGlobalMem) / (1 << 30));
   std::printf("wall: micro-benchmarks %.0f s, engine load %.0f s, engine phases %.0f s\n\n",
