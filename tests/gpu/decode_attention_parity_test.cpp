@@ -317,6 +317,8 @@ TEST_F(DecodeAttentionParityTest, SmallBatchPathAfterProgrammaticGemvAndRope) {
   }
 }
 
+// Launches the kernels cannot do are refused before anything runs: the tensor-core kernel at head
+// dim 256, splits that are not whole 16-key tiles, more splits than the combine holds (64).
 TEST_F(DecodeAttentionParityTest, TensorCoreKernelRejectsHeadDim256) {
   kernels::PagedDecodeAttentionParams p;
   p.num_seqs = 1;
@@ -330,6 +332,14 @@ TEST_F(DecodeAttentionParityTest, TensorCoreKernelRejectsHeadDim256) {
   p.head_dim = 128;
   p.min_split_keys = 24;
   EXPECT_EQ(kernels::LaunchPagedDecodeAttention(p, cuda_->stream()), cudaErrorInvalidValue);
+  p.min_split_keys = kernels::kPagedDecodeMinSplitKeys;
+  p.num_splits = 65;
+  p.partial = reinterpret_cast<float*>(16);  // never written: refused first
+  for (PagedDecodeKernel kind : {PagedDecodeKernel::kTensorCore, PagedDecodeKernel::kCudaCore}) {
+    p.kernel = kind;
+    EXPECT_EQ(kernels::LaunchPagedDecodeAttention(p, cuda_->stream()), cudaErrorInvalidValue);
+  }
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 // The tensor-core policy fills every SM's CTA slots to >= 90% in each wave, within its caps.
