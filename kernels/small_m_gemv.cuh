@@ -45,6 +45,9 @@ struct SmallMGemvParams {
   SmallMGemvEpilogue epilogue = SmallMGemvEpilogue::kStore;
   bool programmatic = false;  // launch as a programmatic dependent (sm_90+)
   int64_t streamed_max_rows = 0;  // the streamed kernel for m <= this (0: never)
+  // Streamed kernel, one row of x: x (times the norm weight, with a norm prologue) staged once per
+  // CTA in shared memory as fp32 where it fits (kernels/streamed_gemv.cuh).
+  bool streamed_stage_x = true;
   int columns_per_warp = 0;   // output columns per warp (kStore, kAddToOut): 1 or 2; 0 picks
   int num_sms = 0;            // the device's SMs (for that pick: one wave); 0: 132
   int64_t m = 0, n = 0, k = 0;  // 1 <= m <= kSmallMGemvMaxRows, k % 8 == 0

@@ -55,8 +55,16 @@ __device__ __forceinline__ void IssueSegment(const SmallMGemvParams& p, const Sh
   CpAsyncCommit();
 }
 
-template <int kWarps, int kSlots, int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
+// Floats of the partial sums before the staged x (16-byte aligned), and whether x is staged.
+__host__ __device__ inline int64_t PartialFloatsAligned(int64_t total_segs, int64_t m) { return (total_segs * m + 3) / 4 * 4; }
+
+// kStageX (one row of x): x, times the norm weight with kNorm, as fp32 after the partial sums, the
+// first 4 values of each 8-value chunk in one array and the last 4 in another (a lane's float4
+// reads of consecutive chunks are then consecutive: no bank conflicts). The dot product becomes
+// w . (x * g) instead of (w * g) . x: the same terms, one rounding moved.
+template <int kWarps, int kSlots, int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out, bool kStageX>
 __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const SmallMGemvParams p) {
+  static_assert(!kStageX || kM == 1);
   constexpr int kThreads = kWarps * 32;
   constexpr size_t kRingBytes = RingBytes<kWarps, kSlots>();
   constexpr bool kSilu = kEpilogue == SmallMGemvEpilogue::kSiluMul;
@@ -85,20 +93,47 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
   const uint4* x = reinterpret_cast<const uint4*>(p.x);
   const uint4* g = reinterpret_cast<const uint4*>(p.norm_weight);
   const int64_t chunks_per_row = p.k / 8;
-  // 1 / rms of each row of x (the norm prologue), over the whole row.
-#pragma unroll
-  for (int m = 0; m < kM; ++m) {
+  float4* xs_lo = reinterpret_cast<float4*>(partials + PartialFloatsAligned(s.total_segs, kM));  // kStageX
+  float4* xs_hi = xs_lo + chunks_per_row;
+  if constexpr (kStageX) {
     float sum_sq = 0.0f;
-    if constexpr (kNorm) {
-      for (int64_t c = threadIdx.x; c < chunks_per_row; c += kThreads) {
-        float xf[8];
-        Bf16x8ToFloat(__ldg(x + m * chunks_per_row + c), xf);
+    for (int64_t c = threadIdx.x; c < chunks_per_row; c += kThreads) {
+      float xf[8];
+      Bf16x8ToFloat(__ldg(x + c), xf);
+      if constexpr (kNorm) {
+        float gf[8];
+        Bf16x8ToFloat(__ldg(g + c), gf);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) sum_sq = fmaf(xf[i], xf[i], sum_sq);
+        for (int i = 0; i < 8; ++i) {
+          sum_sq = fmaf(xf[i], xf[i], sum_sq);
+          xf[i] *= gf[i];
+        }
       }
-      sum_sq = BlockSum(sum_sq, scratch);
+      xs_lo[c] = make_float4(xf[0], xf[1], xf[2], xf[3]);
+      xs_hi[c] = make_float4(xf[4], xf[5], xf[6], xf[7]);
     }
-    if (threadIdx.x == 0) scale[m] = kNorm ? rsqrtf(sum_sq / static_cast<float>(p.k) + p.eps) : 1.0f;
+    if constexpr (kNorm) {
+      sum_sq = BlockSum(sum_sq, scratch);  // also orders the staging before every read of it
+    } else {
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) scale[0] = kNorm ? rsqrtf(sum_sq / static_cast<float>(p.k) + p.eps) : 1.0f;
+  } else {
+    // 1 / rms of each row of x (the norm prologue), over the whole row.
+#pragma unroll
+    for (int m = 0; m < kM; ++m) {
+      float sum_sq = 0.0f;
+      if constexpr (kNorm) {
+        for (int64_t c = threadIdx.x; c < chunks_per_row; c += kThreads) {
+          float xf[8];
+          Bf16x8ToFloat(__ldg(x + m * chunks_per_row + c), xf);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) sum_sq = fmaf(xf[i], xf[i], sum_sq);
+        }
+        sum_sq = BlockSum(sum_sq, scratch);
+      }
+      if (threadIdx.x == 0) scale[m] = kNorm ? rsqrtf(sum_sq / static_cast<float>(p.k) + p.eps) : 1.0f;
+    }
   }
 
   // Each segment: 4 chunks per lane, one reduction, one partial sum per row of x.
@@ -122,19 +157,31 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
       const int64_t c = static_cast<int64_t>(col_seg) * kSegChunks + lane + 32 * j;  // chunk of the row, of x
       float wf[8];
       Bf16x8ToFloat(wraw[j], wf);
-      if constexpr (kNorm) {
-        // (x * inv_rms * g) . w == inv_rms * (x . (w * g)): scale the weights, inv_rms at the end.
-        float gf[8];
-        Bf16x8ToFloat(__ldg(g + c), gf);
+      if constexpr (kStageX) {
+        const float4 lo = xs_lo[c], hi = xs_hi[c];
+        acc[0] = fmaf(wf[0], lo.x, acc[0]);
+        acc[0] = fmaf(wf[1], lo.y, acc[0]);
+        acc[0] = fmaf(wf[2], lo.z, acc[0]);
+        acc[0] = fmaf(wf[3], lo.w, acc[0]);
+        acc[0] = fmaf(wf[4], hi.x, acc[0]);
+        acc[0] = fmaf(wf[5], hi.y, acc[0]);
+        acc[0] = fmaf(wf[6], hi.z, acc[0]);
+        acc[0] = fmaf(wf[7], hi.w, acc[0]);
+      } else {
+        if constexpr (kNorm) {
+          // (x * inv_rms * g) . w == inv_rms * (x . (w * g)): scale the weights, inv_rms at the end.
+          float gf[8];
+          Bf16x8ToFloat(__ldg(g + c), gf);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) wf[e] *= gf[e];
-      }
+          for (int e = 0; e < 8; ++e) wf[e] *= gf[e];
+        }
 #pragma unroll
-      for (int m = 0; m < kM; ++m) {
-        float xf[8];
-        Bf16x8ToFloat(__ldg(x + m * chunks_per_row + c), xf);
+        for (int m = 0; m < kM; ++m) {
+          float xf[8];
+          Bf16x8ToFloat(__ldg(x + m * chunks_per_row + c), xf);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[m] = fmaf(wf[e], xf[e], acc[m]);
+          for (int e = 0; e < 8; ++e) acc[m] = fmaf(wf[e], xf[e], acc[m]);
+        }
       }
     }
 #pragma unroll
@@ -178,6 +225,15 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
   }
 }
 
+// Whether the launch stages x (see StreamedGemvKernel): one row, asked for, and room after the
+// partial sums within kMaxPartialBytes.
+bool StagesX(const SmallMGemvParams& p, unsigned int ctas) {
+  const int64_t ranges = p.epilogue == SmallMGemvEpilogue::kSiluMul ? 2 : 1;
+  const int64_t segs = ranges * ((p.n + ctas - 1) / ctas) * (p.k / (8 * kSegChunks));
+  return p.streamed_stage_x && p.m == 1 &&
+         static_cast<size_t>(PartialFloatsAligned(segs, 1) + p.k) * sizeof(float) <= kMaxPartialBytes;
+}
+
 template <int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
 cudaError_t LaunchInstance(const SmallMGemvParams& p, unsigned int ctas, cudaStream_t stream) {
   static_assert(RingBytes<32, 3>() + kMaxPartialBytes + 1024 <= 227 * 1024);
@@ -189,9 +245,10 @@ cudaError_t LaunchInstance(const SmallMGemvParams& p, unsigned int ctas, cudaStr
   // One row of x: 32 warps x 3 slots (measured best of 8 x 6, 16 x 3, 16 x 6, 24 x 4 and 32 x 3 on an
   // H100); more rows need more registers than 1024 threads leave: 16 x 6.
   if constexpr (kM == 1) {
-    return launch(StreamedGemvKernel<32, 3, kM, kNorm, kEpilogue, Out>, 32, RingBytes<32, 3>());
+    if (StagesX(p, ctas)) return launch(StreamedGemvKernel<32, 3, kM, kNorm, kEpilogue, Out, true>, 32, RingBytes<32, 3>());
+    return launch(StreamedGemvKernel<32, 3, kM, kNorm, kEpilogue, Out, false>, 32, RingBytes<32, 3>());
   } else {
-    return launch(StreamedGemvKernel<16, 6, kM, kNorm, kEpilogue, Out>, 16, RingBytes<16, 6>());
+    return launch(StreamedGemvKernel<16, 6, kM, kNorm, kEpilogue, Out, false>, 16, RingBytes<16, 6>());
   }
 }
 

@@ -340,18 +340,20 @@ struct KernelVariant {
   int64_t streamed_max_rows;
   bool attention_programmatic, attention_combines_in_kernel, fuse_rope;
   int min_split_keys;
+  bool stage_x = true, streamed_gate_up = true;
   bool skip_attention = false;  // diagnostic: no decode attention at all (BenchBackend)
 };
 constexpr KernelVariant kVariants[] = {
-    {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0, false, false, false, 64},
-    {"fused, PDL, streamed GEMV, RoPE kernel (session 4)", true, true, 0, 1, false, false, false, 64},
-    {"RoPE in attention, splits >= 64 keys", true, true, 0, 1, false, false, true, 64},
-    {"RoPE in attention, splits >= 128 keys (default)", true, true, 0, 1, false, false, true, 128},
-    {"RoPE in attention, attention PDL + in-kernel combine", true, true, 0, 1, true, true, true, 128},
-    {"(diagnostic) default without decode attention", true, true, 0, 1, false, false, true, 128, true},
+    {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0, false, false, false, 64, false},
+    {"session 5: RoPE in attention, streamed GEMV reading x per chunk", true, true, 0, 1, false, false, true, 128, false},
+    {"streamed GEMV with x staged in shared memory (default)", true, true, 0, 1, false, false, true, 128},
+    {"x staged, gate|up on the register kernel", true, true, 0, 1, false, false, true, 128, true, false},
+    {"x per chunk, gate|up on the register kernel", true, true, 0, 1, false, false, true, 128, false, false},
+    {"x staged, attention PDL + in-kernel combine", true, true, 0, 1, true, true, true, 128},
+    {"(diagnostic) default without decode attention", true, true, 0, 1, false, false, true, 128, true, true, true},
 };
-constexpr size_t kDefaultVariant = 3;
-constexpr size_t kSmallBatchAttentionVariant = 4;
+constexpr size_t kDefaultVariant = 2;
+constexpr size_t kSmallBatchAttentionVariant = 5;
 
 struct StepRow {
   std::string variant;
@@ -626,6 +628,8 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
       ko.small_m_gemv_streamed_max_rows = v.streamed_max_rows;
       ko.fuse_rope_decode_attention = v.fuse_rope;
       ko.decode_attention_min_split_keys = v.min_split_keys;
+      ko.small_m_gemv_streamed_stage_x = v.stage_x;
+      ko.small_m_gemv_streamed_gate_up = v.streamed_gate_up;
       backend.SetKernelOptions(ko);
       bench_backend.set_skip_attention(v.skip_attention);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay

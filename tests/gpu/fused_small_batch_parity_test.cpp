@@ -38,13 +38,14 @@ std::vector<uint16_t> Bits(const std::vector<float>& v) {
 }
 
 // streamed_max_rows 0: the register GEMV only; kSmallMGemvMaxRows: the streamed one where it
-// takes the shape.
+// takes the shape, one row of x staged in shared memory where it fits (or not: stage_x).
 std::unique_ptr<Backend> MakeBackend(bool programmatic_launch, int columns_per_warp = 0,
-                                     int64_t streamed_max_rows = 0) {
+                                     int64_t streamed_max_rows = 0, bool stage_x = true) {
   CudaBackendOptions options;
   options.programmatic_launch = programmatic_launch;
   options.small_m_gemv_columns_per_warp = columns_per_warp;
   options.small_m_gemv_streamed_max_rows = streamed_max_rows;
+  options.small_m_gemv_streamed_stage_x = stage_x;
   auto backend = MakeCudaBackend(options);
   if (!backend.ok()) {
     ADD_FAILURE() << backend.status().ToString();
@@ -64,6 +65,8 @@ class FusedSmallBatchParityTest : public ::testing::Test {
     // Weights streamed through shared memory for 1-4 rows (k a multiple of 1024; other shapes fall back).
     gpu_streamed_ = MakeBackend(/*programmatic_launch=*/true, 0, kernels::kSmallMGemvMaxRows);
     ASSERT_NE(gpu_streamed_, nullptr);
+    gpu_streamed_unstaged_ = MakeBackend(/*programmatic_launch=*/true, 0, kernels::kSmallMGemvMaxRows, false);
+    ASSERT_NE(gpu_streamed_unstaged_, nullptr);
     cpu_ = std::make_unique<CpuBackend>(CpuBackendConfig{0});
   }
   void TearDown() override {
@@ -86,9 +89,12 @@ class FusedSmallBatchParityTest : public ::testing::Test {
                     .ok());
     return out;
   }
-  // Both register GEMV layouts: one output column per warp (below one wave) and two; and streamed.
-  std::vector<Backend*> Gpus() { return {gpu_.get(), gpu_pairs_.get(), gpu_streamed_.get()}; }
-  std::unique_ptr<Backend> gpu_, gpu_pairs_, gpu_streamed_;
+  // Both register GEMV layouts: one output column per warp (below one wave) and two; and streamed,
+  // with one row of x staged in shared memory (k <= ~7k) and without.
+  std::vector<Backend*> Gpus() {
+    return {gpu_.get(), gpu_pairs_.get(), gpu_streamed_.get(), gpu_streamed_unstaged_.get()};
+  }
+  std::unique_ptr<Backend> gpu_, gpu_pairs_, gpu_streamed_, gpu_streamed_unstaged_;
   std::unique_ptr<CpuBackend> cpu_;
   double worst_ = 0.0;
   int checks_ = 0;

@@ -29,6 +29,12 @@ struct CudaBackendOptions {
   // decode by default (measured faster there); 0: never; 4: every small batch (tests). Hopper and
   // newer only (the kernel's 224 KB of shared memory per CTA).
   int64_t small_m_gemv_streamed_max_rows = 1;
+  // The streamed GEMV of one row stages x (times the norm weight) in shared memory as fp32 where it
+  // fits (kernels/streamed_gemv.cuh); off: x and the norm weight are read per 16-byte chunk.
+  bool small_m_gemv_streamed_stage_x = true;
+  // The fused gate|up projection takes the streamed GEMV too (where small_m_gemv_streamed_max_rows
+  // allows); off: the register kernel for it alone.
+  bool small_m_gemv_streamed_gate_up = true;
   // Split-KV decode attention of small decode batches (<= 4 sequences, the small-M GEMV's rows;
   // kernels/paged_decode_attention.cuh). Both off by default until measured:
   // - programmatic_decode_attention: the attention kernel (and its combine kernel) launch as
