@@ -85,9 +85,9 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
   s.total_segs = kRanges * s.range_segs;
   const uint32_t ring = SmemAddr(smem);
   const uint64_t policy = L2EvictFirstPolicy();  // every weight byte is read once
-  // The first segments: immutable weights, requested while the kernel before may still run.
+  // The first segments, one per slot: immutable weights, requested while the kernel before may still run.
 #pragma unroll
-  for (int32_t i = 0; i < kSlots - 1; ++i) IssueSegment<kRanges, kWarps, kSlots>(p, s, warp, lane, i, ring, policy);
+  for (int32_t i = 0; i < kSlots; ++i) IssueSegment<kRanges, kWarps, kSlots>(p, s, warp, lane, i, ring, policy);
   WaitForPrerequisiteGrids();
 
   const uint4* x = reinterpret_cast<const uint4*>(p.x);
@@ -136,10 +136,11 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
     }
   }
 
-  // Each segment: 4 chunks per lane, one reduction, one partial sum per row of x.
+  // Each segment: 4 chunks per lane, one reduction, one partial sum per row of x. A warp keeps
+  // kSlots segments in flight: segment i is read out of its slot into registers, and the slot
+  // refilled with segment i + kSlots, before the arithmetic on segment i.
   const int32_t count = WarpSegments<kWarps>(s, warp);
   for (int32_t i = 0; i < count; ++i) {
-    IssueSegment<kRanges, kWarps, kSlots>(p, s, warp, lane, i + kSlots - 1, ring, policy);  // into the slot i - 1 left
     CpAsyncWait<kSlots - 1>();  // this lane's part of segment i has landed
     __syncwarp();               // ... and every lane's
     const int32_t seg = warp + kWarps * i;
@@ -148,7 +149,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
     uint4 wraw[kChunksPerLane];
 #pragma unroll
     for (int j = 0; j < kChunksPerLane; ++j) wraw[j] = slot[lane + 32 * j];
-    __syncwarp();  // every lane has read the slot before the next iteration refills it
+    __syncwarp();  // every lane has read the slot before it is refilled
+    IssueSegment<kRanges, kWarps, kSlots>(p, s, warp, lane, i + kSlots, ring, policy);
     float acc[kM];
 #pragma unroll
     for (int m = 0; m < kM; ++m) acc[m] = 0.0f;

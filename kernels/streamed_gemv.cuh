@@ -7,7 +7,8 @@
 // Here each SM gets one CTA and every G-th row (G CTAs, one per SM: equal shares within a row, and
 // at any moment the CTAs read neighbouring rows), streamed in 2 KB segments of one row: warp w of
 // 32 (16 for more rows of x) takes segments w, w + 32, ... through its own ring of 3 slots (6)
-// with cp.async: 192 KB of rings per CTA, 128 KB in flight, no barrier between warps; each lane 4
+// with cp.async: 192 KB of rings per CTA, all of it in flight (a segment is read out of its slot
+// into registers and the slot refilled before the arithmetic), no barrier between warps; each lane 4
 // chunks per segment, the warp one reduction. All CTAs end together, and the first segments are
 // requested before the programmatic wait (the weights are immutable).
 // A segment's partial sums stay in shared memory; at the end each row sums its segments in a fixed

@@ -11,7 +11,7 @@
 // GPU is not counted as CPU time).
 //
 //   gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only]
-//                    [--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention] [--profile-step]
+//                    [--cuda-core-decode-attention] [--kernel-ab] [--no-small-batch-attention] [--profile-step]
 // --host-sampling: the engine samples through the host reference (Backend::SampleRows' default:
 // every logits row copied to the host) instead of CudaBackend's sampling kernel — the "before" of
 // the device-sampling change, measured on the same machine. --no-cuda-graphs: decode steps launched
@@ -24,9 +24,9 @@
 // fusion, programmatic launch, the streamed GEMV, RoPE fused into decode attention, the small-batch
 // decode attention switches; CudaBackend::SetKernelOptions), in three interleaved rounds on the
 // same engine, the first variant being the kernels as they were before fusion and PDL.
-// --small-batch-attention: decode attention of <= 4 sequences launched programmatically with the
-// in-kernel split combine (CudaBackendOptions::programmatic_decode_attention and
-// decode_attention_combines_in_kernel; both off by default) for the whole run.
+// --no-small-batch-attention: decode attention of <= 4 sequences launched plainly with the combine
+// kernel (CudaBackendOptions::programmatic_decode_attention and decode_attention_combines_in_kernel
+// off; both on by default) for the whole run.
 // --profile-step: after the smallest batch's measured steps, one more step (each variant's)
 // between cudaProfilerStart / Stop, for `ncu --profile-from-start off` (per-kernel durations).
 // Weights are generated once (multithreaded) and uploaded once; one engine serves every phase.
@@ -340,20 +340,18 @@ struct KernelVariant {
   int64_t streamed_max_rows;
   bool attention_programmatic, attention_combines_in_kernel, fuse_rope;
   int min_split_keys;
-  bool stage_x = true, streamed_gate_up = true;
+  bool stage_x = true;
   bool skip_attention = false;  // diagnostic: no decode attention at all (BenchBackend)
 };
 constexpr KernelVariant kVariants[] = {
     {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0, false, false, false, 64, false},
-    {"session 5: RoPE in attention, streamed GEMV reading x per chunk", true, true, 0, 1, false, false, true, 128, false},
-    {"streamed GEMV with x staged in shared memory (default)", true, true, 0, 1, false, false, true, 128},
-    {"x staged, gate|up on the register kernel", true, true, 0, 1, false, false, true, 128, true, false},
-    {"x per chunk, gate|up on the register kernel", true, true, 0, 1, false, false, true, 128, false, false},
-    {"x staged, attention PDL + in-kernel combine", true, true, 0, 1, true, true, true, 128},
-    {"(diagnostic) default without decode attention", true, true, 0, 1, false, false, true, 128, true, true, true},
+    {"RoPE in attention, streamed GEMV reading x per chunk (session 5)", true, true, 0, 1, false, false, true, 128, false},
+    {"x staged, attention PDL + in-kernel combine (default)", true, true, 0, 1, true, true, true, 128},
+    {"x staged, attention plain launch + combine kernel", true, true, 0, 1, false, false, true, 128},
+    {"(diagnostic) default without decode attention", true, true, 0, 1, true, true, true, 128, true, true},
 };
 constexpr size_t kDefaultVariant = 2;
-constexpr size_t kSmallBatchAttentionVariant = 5;
+constexpr size_t kNoSmallBatchAttentionVariant = 3;
 
 struct StepRow {
   std::string variant;
@@ -527,7 +525,7 @@ struct RunFlags {
   bool cuda_graphs = true;
   bool cuda_core_attention = false;
   bool kernel_ab = false;
-  bool small_batch_attention = false;
+  bool small_batch_attention = true;
   bool profile_step = false;
 };
 
@@ -557,7 +555,7 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
   const double t_micro = WallNow();
 
   const int max_batch = batches.back();
-  std::vector<KernelVariant> variants = {kVariants[flags.small_batch_attention ? kSmallBatchAttentionVariant : kDefaultVariant]};
+  std::vector<KernelVariant> variants = {kVariants[flags.small_batch_attention ? kDefaultVariant : kNoSmallBatchAttentionVariant]};
   if (flags.kernel_ab) {  // three rounds of every variant: the spread between rounds is the noise
     variants.clear();
     for (int round = 0; round < 3; ++round) variants.insert(variants.end(), std::begin(kVariants), std::end(kVariants));
@@ -629,7 +627,6 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
       ko.fuse_rope_decode_attention = v.fuse_rope;
       ko.decode_attention_min_split_keys = v.min_split_keys;
       ko.small_m_gemv_streamed_stage_x = v.stage_x;
-      ko.small_m_gemv_streamed_gate_up = v.streamed_gate_up;
       backend.SetKernelOptions(ko);
       bench_backend.set_skip_attention(v.skip_attention);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
@@ -658,7 +655,7 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
               "(%s, %d SMs, %.1f GiB)\n\n",
               config_path.filename().c_str(), flags.host_sampling ? "host" : "device", flags.cuda_graphs ? "on" : "off",
               flags.cuda_core_attention ? "CUDA-core" : "tensor-core",
-              flags.small_batch_attention ? " (<= 4 seqs: PDL + in-kernel combine)" : "", prop.name,
+              flags.small_batch_attention ? "" : " (<= 4 seqs: plain launch + combine kernel)", prop.name,
               prop.multiProcessorCount,
               static_cast<double>(prop.totalGlobalMem) / (1 << 30));
   std::printf("wall: micro-benchmarks %.0f s, engine load %.0f s, engine phases %.0f s\n\n",
@@ -730,13 +727,13 @@ int main(int argc, char** argv) {
       flags.cuda_core_attention = true;
     } else if (a == "--kernel-ab") {
       flags.kernel_ab = true;
-    } else if (a == "--small-batch-attention") {
-      flags.small_batch_attention = true;
+    } else if (a == "--no-small-batch-attention") {
+      flags.small_batch_attention = false;
     } else if (a == "--profile-step") {
       flags.profile_step = true;
     } else {
       std::fprintf(stderr, "usage: gpu_engine_bench [--config FILE] [--quick] [--host-sampling] [--no-cuda-graphs] [--attention-only] "
-                   "[--cuda-core-decode-attention] [--kernel-ab] [--small-batch-attention] [--profile-step]\n");
+                   "[--cuda-core-decode-attention] [--kernel-ab] [--no-small-batch-attention] [--profile-step]\n");
       return 2;
     }
   }

@@ -111,7 +111,7 @@ class CudaBackend final : public Backend {
   void ClearDecodeGraphs() override;
 
   // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
-  // small_m_gemv_streamed_max_rows, small_m_gemv_streamed_stage_x, small_m_gemv_streamed_gate_up,
+  // small_m_gemv_streamed_max_rows, small_m_gemv_streamed_stage_x,
   // programmatic_decode_attention,
   // decode_attention_combines_in_kernel, fuse_rope_decode_attention and
   // decode_attention_min_split_keys to those of `options` at run time (nothing else). Drops every decode graph: the next steps capture anew.
@@ -133,7 +133,6 @@ class CudaBackend final : public Backend {
         small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
         small_m_gemv_streamed_max_rows_(options.small_m_gemv_streamed_max_rows),
         small_m_gemv_streamed_stage_x_(options.small_m_gemv_streamed_stage_x),
-        small_m_gemv_streamed_gate_up_(options.small_m_gemv_streamed_gate_up),
         programmatic_decode_attention_(options.programmatic_decode_attention),
         decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel),
         fuse_rope_decode_attention_(options.fuse_rope_decode_attention),
@@ -172,9 +171,9 @@ class CudaBackend final : public Backend {
   // Sets the small-batch choices (programmatic launch, in-kernel combine) of a split-KV decode
   // launch whose other fields are filled; nothing for batches over kernels::kSmallMGemvMaxRows.
   void SetSmallBatchDecodeAttention(kernels::PagedDecodeAttentionParams* p) const;
-  // The small-M GEMV (fused variants included) on this backend's stream, PDL as configured; the
-  // streamed kernel as configured unless `streamed` is false.
-  Status SmallMGemv(kernels::SmallMGemvParams p, bool streamed = true);
+  // The small-M GEMV (fused variants included) on this backend's stream, PDL and the streamed
+  // kernel as configured.
+  Status SmallMGemv(kernels::SmallMGemvParams p);
 
   // Constant after construction.
   const int device_;
@@ -187,7 +186,6 @@ class CudaBackend final : public Backend {
   int small_m_gemv_columns_per_warp_;
   int64_t small_m_gemv_streamed_max_rows_;
   bool small_m_gemv_streamed_stage_x_;
-  bool small_m_gemv_streamed_gate_up_;
   bool programmatic_decode_attention_;
   bool decode_attention_combines_in_kernel_;
   bool fuse_rope_decode_attention_;

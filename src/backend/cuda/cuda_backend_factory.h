@@ -32,18 +32,16 @@ struct CudaBackendOptions {
   // The streamed GEMV of one row stages x (times the norm weight) in shared memory as fp32 where it
   // fits (kernels/streamed_gemv.cuh); off: x and the norm weight are read per 16-byte chunk.
   bool small_m_gemv_streamed_stage_x = true;
-  // The fused gate|up projection takes the streamed GEMV too (where small_m_gemv_streamed_max_rows
-  // allows); off: the register kernel for it alone.
-  bool small_m_gemv_streamed_gate_up = true;
   // Split-KV decode attention of small decode batches (<= 4 sequences, the small-M GEMV's rows;
-  // kernels/paged_decode_attention.cuh). Both off by default until measured:
+  // kernels/paged_decode_attention.cuh). Both on by default (measured together: batch-1 decode
+  // steps 0.03-0.07 ms faster on an H100 with the RoPE-fused attention, benchmarks/RESULTS.md):
   // - programmatic_decode_attention: the attention kernel (and its combine kernel) launch as
   //   programmatic dependents, loading tables, positions and the K/V before the query's own key
   //   while RoPE drains. Needs programmatic_launch (and Hopper); off: plain launches.
-  bool programmatic_decode_attention = false;
+  bool programmatic_decode_attention = true;
   // - decode_attention_combines_in_kernel: with several key splits, the last split CTA of each
   //   (sequence, KV head) combines the partial states; no combine kernel.
-  bool decode_attention_combines_in_kernel = false;
+  bool decode_attention_combines_in_kernel = true;
   // Decode-only batches whose head the tensor-core split-KV kernel holds and rotates whole: RoPE
   // and the KV write fused into the attention kernel (Backend::RopeWriteKvAttention); the new key
   // is attended from shared memory, so no load waits on the write. Off: the RoPE kernel, then

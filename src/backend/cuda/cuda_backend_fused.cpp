@@ -38,17 +38,16 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   small_m_gemv_columns_per_warp_ = options.small_m_gemv_columns_per_warp;
   small_m_gemv_streamed_max_rows_ = options.small_m_gemv_streamed_max_rows;
   small_m_gemv_streamed_stage_x_ = options.small_m_gemv_streamed_stage_x;
-  small_m_gemv_streamed_gate_up_ = options.small_m_gemv_streamed_gate_up;
   programmatic_decode_attention_ = options.programmatic_decode_attention;
   decode_attention_combines_in_kernel_ = options.decode_attention_combines_in_kernel;
   fuse_rope_decode_attention_ = options.fuse_rope_decode_attention;
   decode_attention_min_split_keys_ = options.decode_attention_min_split_keys;
 }
 
-Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p, bool streamed) {
+Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {
   p.programmatic = programmatic_launch_;
   p.columns_per_warp = small_m_gemv_columns_per_warp_;
-  p.streamed_max_rows = sm90_ && streamed ? small_m_gemv_streamed_max_rows_ : 0;  // 227 KB of shared memory per CTA
+  p.streamed_max_rows = sm90_ ? small_m_gemv_streamed_max_rows_ : 0;  // 227 KB of shared memory per CTA
   p.streamed_stage_x = small_m_gemv_streamed_stage_x_;
   p.num_sms = num_sms_;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSmallMGemv(p, stream_));
@@ -95,7 +94,7 @@ Status CudaBackend::NormLinearSiluMul(const Tensor& x, const Tensor& norm_weight
   p.eps = eps;
   p.out = out.data;
   p.epilogue = kernels::SmallMGemvEpilogue::kSiluMul;
-  return SmallMGemv(p, small_m_gemv_streamed_gate_up_);
+  return SmallMGemv(p);
 }
 
 Status CudaBackend::LinearAddResidual(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor residual) {
