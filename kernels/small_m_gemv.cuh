@@ -48,8 +48,14 @@ struct SmallMGemvParams {
   // Streamed kernel, one row of x: x (times the norm weight, with a norm prologue) staged once per
   // CTA in shared memory as fp32 where it fits (kernels/streamed_gemv.cuh).
   bool streamed_stage_x = true;
+  // Streamed kernel: ring slots each warp fills before the programmatic wait (0..3; the rest after
+  // the residual and x are read); -1: 2 for shares of at most 4 segments a warp, else 3.
+  int streamed_prewait_segments = -1;
   int columns_per_warp = 0;   // output columns per warp (kStore, kAddToOut): 1 or 2; 0 picks
   int num_sms = 0;            // the device's SMs (for that pick: one wave); 0: 132
+  // Benchmarks only: the streamed kernel's CTAs write %globaltimer (ns) into trace[cta * 5 + i]:
+  // at entry, after the programmatic wait, with x staged, after the last segment, after the rows.
+  uint64_t* trace = nullptr;
   int64_t m = 0, n = 0, k = 0;  // 1 <= m <= kSmallMGemvMaxRows, k % 8 == 0
 };
 

@@ -187,8 +187,34 @@ struct LinearRow {
   kernels::SmallMGemvEpilogue epilogue = kernels::SmallMGemvEpilogue::kStore;
   bool norm = false, f32 = false;
   double single = 0;
-  double b2b[3][2] = {};  // [1 | 2 columns per warp | streamed][plain | programmatic], seconds per launch
+  // [1 | 2 columns per warp | streamed | streamed, 3 / 2 / 1 slots filled before the wait][plain |
+  // programmatic], seconds per launch
+  double b2b[6][2] = {};
+  // Streamed back to back with PDL, from the kernel's trace stamps (SmallMGemvParams::trace), us
+  // after the previous launch's last CTA ended, averaged over launches: first CTA entry, median
+  // entry, first CTA past the wait, median x staged, median and last CTA's segments done, last end.
+  double phases[2][7] = {};  // the default slots filled before the wait, and 3
 };
+
+constexpr int kTracedLaunches = 8;
+constexpr int kTraceStamps = 5;
+
+// Phases of launches 1..kTracedLaunches-1 from their stamps [launch][cta][stamp] (LinearRow::phases).
+void SummarizeTrace(const std::vector<uint64_t>& t, int ctas, double (&phases)[7]) {
+  auto stamps = [&](int launch, int i) {
+    std::vector<double> v(ctas);
+    for (int c = 0; c < ctas; ++c) v[c] = static_cast<double>(t[(static_cast<size_t>(launch) * ctas + c) * kTraceStamps + i]);
+    std::sort(v.begin(), v.end());
+    return v;
+  };
+  for (double& p : phases) p = 0;
+  for (int l = 1; l < kTracedLaunches; ++l) {
+    const double prev_end = stamps(l - 1, 4).back();
+    const auto entry = stamps(l, 0), wait = stamps(l, 1), staged = stamps(l, 2), looped = stamps(l, 3), end = stamps(l, 4);
+    const double v[7] = {entry.front(), entry[ctas / 2], wait.front(), staged[ctas / 2], looped[ctas / 2], looped.back(), end.back()};
+    for (int i = 0; i < 7; ++i) phases[i] += (v[i] - prev_end) * 1e-3 / (kTracedLaunches - 1);
+  }
+}
 
 StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const ModelConfig& c, int num_sms) {
   const cudaStream_t s = backend.stream();
@@ -212,7 +238,8 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
     const size_t w_elems = static_cast<size_t>(r.n * r.k);
     const size_t slots = std::max<size_t>(1, pool_elems / w_elems);
     size_t next = 0;
-    auto launch = [&](int columns_per_warp, bool programmatic, bool streamed = false) {
+    uint64_t* traced = nullptr;
+    auto launch = [&](int columns_per_warp, bool programmatic, bool streamed = false, int prewait = -1) {
       kernels::SmallMGemvParams p;
       p.x = static_cast<const __nv_bfloat16*>(x.data());
       p.weight = static_cast<const __nv_bfloat16*>(pool.data()) + (next++ % slots) * w_elems;
@@ -223,6 +250,8 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
       p.programmatic = programmatic;
       p.columns_per_warp = columns_per_warp;
       p.streamed_max_rows = streamed ? 1 : 0;
+      p.trace = traced;
+      p.streamed_prewait_segments = prewait;
       p.num_sms = num_sms;
       p.m = 1;
       p.n = r.epilogue == E::kSiluMul ? r.n / 2 : r.n;
@@ -237,19 +266,35 @@ StatusOr<std::vector<LinearRow>> MeasureLinears(CudaBackend& backend, const Mode
       if (rep >= 4) t.push_back(dt);
     }
     r.single = Median(t);
-    for (int u = 0; u < 3; ++u) {
-      for (int pdl = 0; pdl < 2; ++pdl) {
+    for (int u = 0; u < 6; ++u) {
+      for (int pdl = u < 3 ? 0 : 1; pdl < 2; ++pdl) {
         t.clear();
         for (int rep = 0; rep < 8; ++rep) {
           TANDEM_RETURN_IF_ERROR(timer.Start(s));
           for (int i = 0; i < kBackToBack; ++i) {
-            TANDEM_CUDA_RETURN_IF_ERROR(launch(u == 2 ? 0 : u + 1, pdl == 1, u == 2));
+            TANDEM_CUDA_RETURN_IF_ERROR(launch(u >= 2 ? 0 : u + 1, pdl == 1, u >= 2, u == 2 ? -1 : 6 - u));
           }
           TANDEM_ASSIGN_OR_RETURN(double dt, timer.Stop(s));
           if (rep >= 2) t.push_back(dt / kBackToBack);
         }
         r.b2b[u][pdl] = Median(t);
       }
+    }
+    // Traced runs of the streamed kernel back to back with PDL (the LM head takes the register kernel).
+    if (r.f32) continue;
+    const int ctas = static_cast<int>(std::min<int64_t>(num_sms, r.epilogue == E::kSiluMul ? r.n / 2 : r.n));
+    std::vector<uint64_t> stamps(static_cast<size_t>(kTracedLaunches) * ctas * kTraceStamps);
+    TANDEM_ASSIGN_OR_RETURN(auto trace, backend.Allocate(stamps.size() * sizeof(uint64_t)));
+    for (int v = 0; v < 2; ++v) {
+      for (int i = 0; i < kTracedLaunches; ++i) {
+        traced = static_cast<uint64_t*>(trace->data()) + static_cast<size_t>(i) * ctas * kTraceStamps;
+        TANDEM_CUDA_RETURN_IF_ERROR(launch(0, true, true, v == 0 ? -1 : 3));
+      }
+      traced = nullptr;
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(stamps.data(), trace->data(), stamps.size() * sizeof(uint64_t),
+                                                  cudaMemcpyDeviceToHost, s));
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+      SummarizeTrace(stamps, ctas, r.phases[v]);
     }
   }
   return rows;
@@ -342,12 +387,16 @@ struct KernelVariant {
   int min_split_keys;
   bool stage_x = true;
   bool skip_attention = false;  // diagnostic: no decode attention at all (BenchBackend)
+  int prewait = -1;             // CudaBackendOptions::small_m_gemv_streamed_prewait_segments
 };
 constexpr KernelVariant kVariants[] = {
     {"unfused, plain launch, 1 column/warp (before)", false, false, 1, 0, false, false, false, 64, false},
     {"RoPE in attention, streamed GEMV reading x per chunk (session 5)", true, true, 0, 1, false, false, true, 128, false},
     {"x staged, attention PDL + in-kernel combine (default)", true, true, 0, 1, true, true, true, 128},
     {"x staged, attention plain launch + combine kernel", true, true, 0, 1, false, false, true, 128},
+    {"3 GEMV ring slots filled before the wait (not 2 for the o projection)", true, true, 0, 1, true, true, true, 128,
+     true, false, 3},
+    {"2 GEMV ring slots filled before the wait", true, true, 0, 1, true, true, true, 128, true, false, 2},
     {"(diagnostic) default without decode attention", true, true, 0, 1, true, true, true, 128, true, true},
 };
 constexpr size_t kDefaultVariant = 2;
@@ -627,6 +676,7 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
       ko.fuse_rope_decode_attention = v.fuse_rope;
       ko.decode_attention_min_split_keys = v.min_split_keys;
       ko.small_m_gemv_streamed_stage_x = v.stage_x;
+      ko.small_m_gemv_streamed_prewait_segments = v.prewait;
       backend.SetKernelOptions(ko);
       bench_backend.set_skip_attention(v.skip_attention);
       for (int i = 0; i < 2; ++i) TANDEM_RETURN_IF_ERROR(e.Step().status());  // capture, replay
@@ -690,16 +740,33 @@ Status Run(const std::filesystem::path& config_path, const RunFlags& flags) {
   PrintAttentionTable(attn, ctx, lim.read_bw);
   std::printf("\n## decode-shaped GEMV alone (M = 1, small-M kernel, weights from HBM; us per launch, %% of read bw)\n\n");
   std::printf("| weight | N x K | single launch | back to back, 1 column/warp | 1 column/warp + PDL | 2 columns/warp | "
-              "2 columns/warp + PDL | streamed | streamed + PDL |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|\n");
+              "2 columns/warp + PDL | streamed | streamed + PDL | streamed + PDL, 3 slots before the wait | "
+              "2 slots | 1 slot |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const LinearRow& r : linears) {
     const double bytes = 2.0 * r.n * r.k;
     auto cell = [&](double sec) { return std::to_string(sec * 1e6).substr(0, 5) + " (" +
                                          std::to_string(static_cast<int>(std::lround(100.0 * bytes / sec / lim.read_bw))) + "%)"; };
     std::printf("| %s | %lld x %lld | %s |", r.name.c_str(), static_cast<long long>(r.n), static_cast<long long>(r.k),
                 cell(r.single).c_str());
-    for (const auto& v : r.b2b) std::printf(" %s | %s |", cell(v[0]).c_str(), cell(v[1]).c_str());
+    for (int u = 0; u < 6; ++u) {
+      if (u < 3) std::printf(" %s |", cell(r.b2b[u][0]).c_str());
+      std::printf(" %s |", cell(r.b2b[u][1]).c_str());
+    }
     std::printf("\n");
+  }
+  std::printf("\n## streamed GEMV back to back with PDL, per launch: us after the previous launch's last CTA ended "
+              "(%%globaltimer stamps of each CTA; mean of 7 launches)\n\n");
+  std::printf("| weight | slots before the wait | floor us | first CTA in | median CTA in | first past wait | "
+              "median x staged | median segments done | last segments done | last CTA end |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
+  for (const LinearRow& r : linears) {
+    if (r.f32) continue;
+    for (int v = 0; v < 2; ++v) {
+      std::printf("| %s | %s | %.2f |", r.name.c_str(), v == 0 ? "default" : "3", 2.0 * r.n * r.k / lim.read_bw * 1e6);
+      for (double p : r.phases[v]) std::printf(" %.2f |", p);
+      std::printf("\n");
+    }
   }
   return OkStatus();
 }

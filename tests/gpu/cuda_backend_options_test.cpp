@@ -29,6 +29,10 @@ TEST(CudaBackendOptionsTest, AbsurdOptionsAreRefusedWithInvalidArgument) {
     ExpectRefused([&](CudaBackendOptions& o) { o.small_m_gemv_columns_per_warp = columns; },
                   "small_m_gemv_columns_per_warp", std::to_string(columns));
   }
+  for (int segments : {-2, 4}) {
+    ExpectRefused([&](CudaBackendOptions& o) { o.small_m_gemv_streamed_prewait_segments = segments; },
+                  "small_m_gemv_streamed_prewait_segments", std::to_string(segments));
+  }
   for (int keys : {0, 8, 24, 4112}) {
     ExpectRefused([&](CudaBackendOptions& o) { o.decode_attention_min_split_keys = keys; },
                   "decode_attention_min_split_keys", std::to_string(keys));

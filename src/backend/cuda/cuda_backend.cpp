@@ -82,6 +82,10 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
     return InvalidArgumentError("cuda backend: small_m_gemv_columns_per_warp must be 0, 1 or 2, got " +
                                 std::to_string(options.small_m_gemv_columns_per_warp));
   }
+  if (options.small_m_gemv_streamed_prewait_segments < -1 || options.small_m_gemv_streamed_prewait_segments > 3) {
+    return InvalidArgumentError("cuda backend: small_m_gemv_streamed_prewait_segments must be in [-1, 3], got " +
+                                std::to_string(options.small_m_gemv_streamed_prewait_segments));
+  }
   if (options.decode_attention_min_split_keys < 16 || options.decode_attention_min_split_keys > 4096 ||
       options.decode_attention_min_split_keys % 16 != 0) {
     return InvalidArgumentError("cuda backend: decode_attention_min_split_keys must be a multiple of 16 in [16, 4096], got " +

@@ -111,7 +111,7 @@ class CudaBackend final : public Backend {
   void ClearDecodeGraphs() override;
 
   // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
-  // small_m_gemv_streamed_max_rows, small_m_gemv_streamed_stage_x,
+  // small_m_gemv_streamed_max_rows, small_m_gemv_streamed_stage_x, small_m_gemv_streamed_prewait_segments,
   // programmatic_decode_attention,
   // decode_attention_combines_in_kernel, fuse_rope_decode_attention and
   // decode_attention_min_split_keys to those of `options` at run time (nothing else). Drops every decode graph: the next steps capture anew.
@@ -133,6 +133,7 @@ class CudaBackend final : public Backend {
         small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
         small_m_gemv_streamed_max_rows_(options.small_m_gemv_streamed_max_rows),
         small_m_gemv_streamed_stage_x_(options.small_m_gemv_streamed_stage_x),
+        small_m_gemv_streamed_prewait_segments_(options.small_m_gemv_streamed_prewait_segments),
         programmatic_decode_attention_(options.programmatic_decode_attention),
         decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel),
         fuse_rope_decode_attention_(options.fuse_rope_decode_attention),
@@ -186,6 +187,7 @@ class CudaBackend final : public Backend {
   int small_m_gemv_columns_per_warp_;
   int64_t small_m_gemv_streamed_max_rows_;
   bool small_m_gemv_streamed_stage_x_;
+  int small_m_gemv_streamed_prewait_segments_;
   bool programmatic_decode_attention_;
   bool decode_attention_combines_in_kernel_;
   bool fuse_rope_decode_attention_;

@@ -32,6 +32,10 @@ struct CudaBackendOptions {
   // The streamed GEMV of one row stages x (times the norm weight) in shared memory as fp32 where it
   // fits (kernels/streamed_gemv.cuh); off: x and the norm weight are read per 16-byte chunk.
   bool small_m_gemv_streamed_stage_x = true;
+  // Ring slots (of 3) each warp of the streamed GEMV fills before its programmatic wait, 0..3; the
+  // rest after it has read x (and the residual), which would otherwise queue behind them. -1: by
+  // shape (kernels/small_m_gemv.cuh).
+  int small_m_gemv_streamed_prewait_segments = -1;
   // Split-KV decode attention of small decode batches (<= 4 sequences, the small-M GEMV's rows;
   // kernels/paged_decode_attention.cuh). Both on by default (measured together: batch-1 decode
   // steps 0.03-0.07 ms faster on an H100 with the RoPE-fused attention, benchmarks/RESULTS.md):

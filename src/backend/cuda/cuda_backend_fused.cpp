@@ -38,6 +38,7 @@ void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   small_m_gemv_columns_per_warp_ = options.small_m_gemv_columns_per_warp;
   small_m_gemv_streamed_max_rows_ = options.small_m_gemv_streamed_max_rows;
   small_m_gemv_streamed_stage_x_ = options.small_m_gemv_streamed_stage_x;
+  small_m_gemv_streamed_prewait_segments_ = options.small_m_gemv_streamed_prewait_segments;
   programmatic_decode_attention_ = options.programmatic_decode_attention;
   decode_attention_combines_in_kernel_ = options.decode_attention_combines_in_kernel;
   fuse_rope_decode_attention_ = options.fuse_rope_decode_attention;
@@ -49,6 +50,7 @@ Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {
   p.columns_per_warp = small_m_gemv_columns_per_warp_;
   p.streamed_max_rows = sm90_ ? small_m_gemv_streamed_max_rows_ : 0;  // 227 KB of shared memory per CTA
   p.streamed_stage_x = small_m_gemv_streamed_stage_x_;
+  p.streamed_prewait_segments = small_m_gemv_streamed_prewait_segments_;
   p.num_sms = num_sms_;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSmallMGemv(p, stream_));
   return OkStatus();
