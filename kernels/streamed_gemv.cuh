@@ -19,9 +19,17 @@
 // L1 loads, 16 conversions and 8 multiplies (ncu, session 5: the gate|up GEMV at 59% SM throughput,
 // 11.7 cycles per issued instruction, DRAM 76% of peak at base clocks).
 //
-// Measured (H100, 2026-11-26; benchmarks/RESULTS.md): back to back with PDL, 85 / 87 / 75 / 90 /
-// 92% of the read bandwidth for the Llama-8B q / qkv / o / gate|up / down GEMVs (register kernel
-// 75 / 72 / 72 / 87 / 84%); 8 warps x 6 slots 77 / 76 / 65 / 86 / 73%, 16 x 6 79 / 83 / 67 / 90 / 94%.
+// The residual of kAddToOut is read right after the programmatic wait, and a GEMV of at most 4
+// segments a warp fills only 2 of its 3 slots before the wait (the rest after x is staged): loads
+// issued after the wait queue behind the ones issued before it (measured with
+// SmallMGemvParams::trace: 2-3.7 us of tail for the residual read at the end, 5.4 us from the wait
+// to x staged behind a full ring).
+//
+// Measured (H100, 2026-11-27; benchmarks/RESULTS.md): back to back with PDL, 89 / 95 / 90 / 97 /
+// 96% of the read bandwidth for the Llama-8B q / qkv / o / gate|up / down GEMVs (register kernel
+// 75 / 71 / 73 / 95 / 83%); session 4's layouts before x was staged: 8 warps x 6 slots 77 / 76 /
+// 65 / 86 / 73%, 16 x 6 79 / 83 / 67 / 90 / 94%; session 6, 16 warps x 3 slots (room for the next
+// kernel's CTA beside it): slower in the decode step.
 // Tried first: 16 KB stages consumed by all warps of the CTA with a barrier per
 // stage and a reduction per 512 bytes, loaded by one thread's bulk copies (cp.async.bulk, mbarrier)
 // or by every thread's cp.async: 35-54% of the read bandwidth, limited by instructions issued (~125

@@ -6,7 +6,9 @@
 //   bf16 GEMM rate     — cuBLAS bf16 x bf16 -> bf16, fp32 accumulate, 8192^3.
 // Then: decode steps at batch 1/32/64/128/256 with a 1k context (weight bytes / bandwidth is the
 // floor), prefill of 2k and 8k tokens at batch 1 (FLOPs / GEMM rate), the paged attention kernel
-// alone on decode batches (K/V bytes / time), each decode-shaped Linear alone, and the host's CPU
+// alone on decode batches (K/V bytes / time), each decode-shaped Linear alone (and the streamed
+// GEMV's phases back to back from its CTAs' %globaltimer stamps: when CTAs enter, pass the wait,
+// have x staged, finish their segments and end), and the host's CPU
 // time per step (CLOCK_THREAD_CPUTIME_ID around Engine::Step, with blocking sync so waiting for the
 // GPU is not counted as CPU time).
 //
