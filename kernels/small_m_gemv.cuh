@@ -27,6 +27,7 @@ namespace tandem::kernels {
 
 inline constexpr int64_t kSmallMGemvMaxRows = 4;
 inline constexpr int64_t kStreamedGemvMaxRowsPerSm = 256;
+inline constexpr int kStreamedGemvTraceStamps = 5;  // SmallMGemvParams::trace
 
 enum class SmallMGemvEpilogue {
   kStore,     // out = result (bf16 or f32)
@@ -53,8 +54,9 @@ struct SmallMGemvParams {
   int streamed_prewait_segments = -1;
   int columns_per_warp = 0;   // output columns per warp (kStore, kAddToOut): 1 or 2; 0 picks
   int num_sms = 0;            // the device's SMs (for that pick: one wave); 0: 132
-  // Benchmarks only: the streamed kernel's CTAs write %globaltimer (ns) into trace[cta * 5 + i]:
-  // at entry, after the programmatic wait, with x staged, after the last segment, after the rows.
+  // Benchmarks only: the streamed kernel's CTAs write %globaltimer (ns) into
+  // trace[cta * kStreamedGemvTraceStamps + i]: at entry, after the programmatic wait, with x
+  // staged, after the last segment, after the rows.
   uint64_t* trace = nullptr;
   int64_t m = 0, n = 0, k = 0;  // 1 <= m <= kSmallMGemvMaxRows, k % 8 == 0
 };

@@ -60,11 +60,11 @@ __device__ __forceinline__ void TraceStamp(const SmallMGemvParams& p, int i) {
   if (p.trace != nullptr && threadIdx.x == 0) {
     uint64_t t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    p.trace[blockIdx.x * 5 + i] = t;
+    p.trace[blockIdx.x * kStreamedGemvTraceStamps + i] = t;
   }
 }
 
-// Floats of the partial sums before the staged x (16-byte aligned), and whether x is staged.
+// Floats of the partial sums before the staged x (16-byte aligned).
 __host__ __device__ inline int64_t PartialFloatsAligned(int64_t total_segs, int64_t m) { return (total_segs * m + 3) / 4 * 4; }
 
 // kStageX (one row of x): x, times the norm weight with kNorm, as fp32 after the partial sums, the

@@ -199,7 +199,7 @@ struct LinearRow {
 };
 
 constexpr int kTracedLaunches = 8;
-constexpr int kTraceStamps = 5;
+constexpr int kTraceStamps = kernels::kStreamedGemvTraceStamps;
 
 // Phases of launches 1..kTracedLaunches-1 from their stamps [launch][cta][stamp] (LinearRow::phases).
 void SummarizeTrace(const std::vector<uint64_t>& t, int ctas, double (&phases)[7]) {

@@ -38,14 +38,16 @@ std::vector<uint16_t> Bits(const std::vector<float>& v) {
 }
 
 // streamed_max_rows 0: the register GEMV only; kSmallMGemvMaxRows: the streamed one where it
-// takes the shape, one row of x staged in shared memory where it fits (or not: stage_x).
+// takes the shape, one row of x staged in shared memory where it fits (or not: stage_x), with
+// prewait ring slots filled before the programmatic wait (-1: by shape).
 std::unique_ptr<Backend> MakeBackend(bool programmatic_launch, int columns_per_warp = 0,
-                                     int64_t streamed_max_rows = 0, bool stage_x = true) {
+                                     int64_t streamed_max_rows = 0, bool stage_x = true, int prewait = -1) {
   CudaBackendOptions options;
   options.programmatic_launch = programmatic_launch;
   options.small_m_gemv_columns_per_warp = columns_per_warp;
   options.small_m_gemv_streamed_max_rows = streamed_max_rows;
   options.small_m_gemv_streamed_stage_x = stage_x;
+  options.small_m_gemv_streamed_prewait_segments = prewait;
   auto backend = MakeCudaBackend(options);
   if (!backend.ok()) {
     ADD_FAILURE() << backend.status().ToString();
@@ -67,6 +69,11 @@ class FusedSmallBatchParityTest : public ::testing::Test {
     ASSERT_NE(gpu_streamed_, nullptr);
     gpu_streamed_unstaged_ = MakeBackend(/*programmatic_launch=*/true, 0, kernels::kSmallMGemvMaxRows, false);
     ASSERT_NE(gpu_streamed_unstaged_, nullptr);
+    // The whole ring requested before the wait, and none of it (x and the residual read first).
+    for (int prewait : {3, 0}) {
+      gpu_streamed_prewait_.push_back(MakeBackend(/*programmatic_launch=*/true, 0, kernels::kSmallMGemvMaxRows, true, prewait));
+      ASSERT_NE(gpu_streamed_prewait_.back(), nullptr);
+    }
     cpu_ = std::make_unique<CpuBackend>(CpuBackendConfig{0});
   }
   void TearDown() override {
@@ -90,11 +97,15 @@ class FusedSmallBatchParityTest : public ::testing::Test {
     return out;
   }
   // Both register GEMV layouts: one output column per warp (below one wave) and two; and streamed,
-  // with one row of x staged in shared memory (k <= ~7k) and without.
+  // with one row of x staged in shared memory (k <= ~7k) and without, and with 3 and 0 ring slots
+  // filled before the wait.
   std::vector<Backend*> Gpus() {
-    return {gpu_.get(), gpu_pairs_.get(), gpu_streamed_.get(), gpu_streamed_unstaged_.get()};
+    std::vector<Backend*> gpus = {gpu_.get(), gpu_pairs_.get(), gpu_streamed_.get(), gpu_streamed_unstaged_.get()};
+    for (const auto& b : gpu_streamed_prewait_) gpus.push_back(b.get());
+    return gpus;
   }
   std::unique_ptr<Backend> gpu_, gpu_pairs_, gpu_streamed_, gpu_streamed_unstaged_;
+  std::vector<std::unique_ptr<Backend>> gpu_streamed_prewait_;
   std::unique_ptr<CpuBackend> cpu_;
   double worst_ = 0.0;
   int checks_ = 0;
@@ -200,7 +211,8 @@ TEST_F(FusedSmallBatchParityTest, LinearAddResidual) {
 }
 
 // A few streamed launches for compute-sanitizer (memcheck and racecheck in scripts/gpu-run.sh): the
-// cp.async ring, one and three segments per row, gate and up rows.
+// cp.async ring, one and three segments per row, gate and up rows; then a residual add (the
+// residual read right after the wait) with x as the activations.
 TEST_F(FusedSmallBatchParityTest, StreamedForSanitizers) {
   for (int64_t m : {1, 3}) {
     for (Shape s : {Shape{1024, 300}, Shape{3072, 133}}) {
@@ -218,6 +230,21 @@ TEST_F(FusedSmallBatchParityTest, StreamedForSanitizers) {
       auto dout = Poisoned(gpu, DType::kBF16, {m, s.n});
       ASSERT_TRUE(gpu.NormLinearSiluMul(dx.t, dg.t, kEps, dw.t, Tensor(), dout.t).ok());
       EXPECT_LE(Track(RelError(Download(gpu, dout.t), ref)), kBf16Tolerance) << m << "x" << s.k << "x" << s.n;
+
+      // residual [m, 300] += x @ wo^T.
+      const int64_t n = 300;
+      auto wo = RandomBf16(n * s.k, rng_, 0.1f);
+      auto res = RandomBf16(m * n, rng_, 2.0f);
+      const auto wo_bits = Bits(wo);
+      std::vector<float> added(m * n);
+      ASSERT_TRUE(cpu_->Linear(HostF32(x, {m, s.k}), Tensor(const_cast<uint16_t*>(wo_bits.data()), DType::kBF16, {n, s.k}),
+                               Tensor(), HostF32(added, {m, n}))
+                      .ok());
+      for (size_t i = 0; i < added.size(); ++i) added[i] += res[i];
+      auto dwo = Upload(gpu, wo, DType::kBF16, {n, s.k});
+      auto dres = Upload(gpu, res, DType::kBF16, {m, n});
+      ASSERT_TRUE(gpu.LinearAddResidual(dx.t, dwo.t, Tensor(), dres.t).ok());
+      EXPECT_LE(Track(RelError(Download(gpu, dres.t), added)), kBf16Tolerance) << "residual " << m << "x" << s.k;
     }
   }
 }
@@ -306,10 +333,12 @@ TEST_F(FusedSmallBatchParityTest, BackToBackChainsMatchTheCpuAndDoNotDependOnPro
     }
     const std::vector<float> ref = CpuNormLinear(res, final_norm, Bits(head), nullptr, m, h, vocab);
 
-    std::vector<float> results[4];
-    Backend* backends[4] = {gpu_.get(), plain.get(), gpu_streamed_.get(), streamed_plain.get()};
-    const char* names[4] = {"programmatic", "plain", "streamed", "streamed, plain launch"};
-    for (int variant = 0; variant < 4; ++variant) {
+    std::vector<float> results[6];
+    Backend* backends[6] = {gpu_.get(), plain.get(), gpu_streamed_.get(), streamed_plain.get(),
+                            gpu_streamed_prewait_[0].get(), gpu_streamed_prewait_[1].get()};
+    const char* names[6] = {"programmatic", "plain", "streamed", "streamed, plain launch",
+                            "streamed, 3 slots before the wait", "streamed, 0 slots before the wait"};
+    for (int variant = 0; variant < 6; ++variant) {
       Backend& gpu = *backends[variant];
       std::vector<gpu_testing::DeviceTensor> keep;
       auto up = [&](const std::vector<float>& v, std::initializer_list<int64_t> dims) {
@@ -334,6 +363,8 @@ TEST_F(FusedSmallBatchParityTest, BackToBackChainsMatchTheCpuAndDoNotDependOnPro
     }
     EXPECT_EQ(RelError(results[0], results[1]), 0.0) << "rows " << m << ": PDL changed the result";
     EXPECT_EQ(RelError(results[2], results[3]), 0.0) << "rows " << m << ": PDL changed the streamed result";
+    EXPECT_EQ(RelError(results[2], results[4]), 0.0) << "rows " << m << ": the slots before the wait changed it";
+    EXPECT_EQ(RelError(results[2], results[5]), 0.0) << "rows " << m << ": the slots before the wait changed it";
   }
 }
 
