@@ -118,8 +118,8 @@ Status CudaBackend::Init() {
   num_sms_ = prop.multiProcessorCount;
   sm90_ = prop.major >= 9;
   // The wgmma kernel is built for sm_90a, which runs on compute capability 9.0 alone.
-  wgmma_prefill_attention_ = wgmma_prefill_attention_requested_ && prop.major == 9 && prop.minor == 0;
-  programmatic_launch_ = programmatic_launch_requested_ && sm90_;
+  wgmma_prefill_attention_ = options_.wgmma_prefill_attention && prop.major == 9 && prop.minor == 0;
+  programmatic_launch_ = options_.programmatic_launch && sm90_;
   TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
   TANDEM_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
@@ -138,10 +138,10 @@ Status CudaBackend::Init() {
                "streamed GEMV up to {} rows, small-batch decode attention: programmatic {}, in-kernel combine {}; "
                "RoPE fused into decode attention {}, splits of >= {} keys; wgmma prefill attention {}",
                device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
-               fuse_small_batch_ ? "on" : "off", programmatic_launch_ ? "on" : "off", small_m_gemv_streamed_max_rows_,
-               programmatic_decode_attention_ && programmatic_launch_ ? "on" : "off",
-               decode_attention_combines_in_kernel_ ? "on" : "off", fuse_rope_decode_attention_ ? "on" : "off",
-               decode_attention_min_split_keys_,
+               options_.fuse_small_batch ? "on" : "off", programmatic_launch_ ? "on" : "off", options_.small_m_gemv_streamed_max_rows,
+               options_.programmatic_decode_attention && programmatic_launch_ ? "on" : "off",
+               options_.decode_attention_combines_in_kernel ? "on" : "off", options_.fuse_rope_decode_attention ? "on" : "off",
+               options_.decode_attention_min_split_keys,
                wgmma_prefill_attention_ ? "on" : "off");
   return OkStatus();
 }
@@ -249,7 +249,7 @@ std::optional<int64_t> CudaBackend::KvCacheBudgetBytes() const {
     return std::nullopt;
   }
   const double used = static_cast<double>(total_bytes - free_bytes);
-  const double budget = gpu_memory_utilization_ * static_cast<double>(total_bytes) - used;
+  const double budget = options_.gpu_memory_utilization * static_cast<double>(total_bytes) - used;
   return std::max<int64_t>(0, static_cast<int64_t>(budget));
 }
 

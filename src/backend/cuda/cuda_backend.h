@@ -110,11 +110,9 @@ class CudaBackend final : public Backend {
   Status RunDecodeGraph(int32_t key, bool capture, const std::function<Status()>& record) override;
   void ClearDecodeGraphs() override;
 
-  // Benchmarks: switches fuse_small_batch, programmatic_launch, small_m_gemv_columns_per_warp,
-  // small_m_gemv_streamed_max_rows, small_m_gemv_streamed_stage_x, small_m_gemv_streamed_prewait_segments,
-  // programmatic_decode_attention,
-  // decode_attention_combines_in_kernel, fuse_rope_decode_attention and
-  // decode_attention_min_split_keys to those of `options` at run time (nothing else). Drops every decode graph: the next steps capture anew.
+  // Benchmarks: switches every kernel choice to that of `options` at run time — every field but
+  // device, gpu_memory_utilization, cuda_core_decode_attention and wgmma_prefill_attention, which
+  // stay as constructed. Drops every decode graph: the next steps capture anew.
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
@@ -125,30 +123,17 @@ class CudaBackend final : public Backend {
 
  private:
   explicit CudaBackend(const CudaBackendOptions& options)
-      : device_(options.device),
-        gpu_memory_utilization_(options.gpu_memory_utilization),
-        cuda_core_decode_attention_(options.cuda_core_decode_attention),
-        fuse_small_batch_(options.fuse_small_batch),
-        programmatic_launch_requested_(options.programmatic_launch),
-        small_m_gemv_columns_per_warp_(options.small_m_gemv_columns_per_warp),
-        small_m_gemv_streamed_max_rows_(options.small_m_gemv_streamed_max_rows),
-        small_m_gemv_streamed_stage_x_(options.small_m_gemv_streamed_stage_x),
-        small_m_gemv_streamed_prewait_segments_(options.small_m_gemv_streamed_prewait_segments),
-        programmatic_decode_attention_(options.programmatic_decode_attention),
-        decode_attention_combines_in_kernel_(options.decode_attention_combines_in_kernel),
-        fuse_rope_decode_attention_(options.fuse_rope_decode_attention),
-        decode_attention_min_split_keys_(options.decode_attention_min_split_keys),
-        wgmma_prefill_attention_requested_(options.wgmma_prefill_attention) {}
+      : options_(options), device_(options.device) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
                               const AttentionMetadata& meta) const;
-  // The device view of a step's metadata: the staged decode inputs inside a decode graph step,
-  // else uploaded (or reused) through attention_metadata_.
   // Tokens per attention work item: the tensor-core prefill kernel's tile where it supports the
   // shape, else the CUDA-core kernel's. RopeAndWriteKv and Attention plan with the same number, so
   // the metadata uploaded once per step is reused by both.
   static int32_t AttentionTileTokens(const AttentionParams& params);
+  // The device view of a step's metadata: the staged decode inputs inside a decode graph step,
+  // else uploaded (or reused) through attention_metadata_.
   StatusOr<DeviceAttentionView> AttentionView(const AttentionParams& params, const AttentionMetadata& meta,
                                               const KvLayerView& cache);
   // RopeAndWriteKv's operands (the checks the fused op shares), and its positions against the table.
@@ -176,24 +161,11 @@ class CudaBackend final : public Backend {
   // kernel as configured.
   Status SmallMGemv(kernels::SmallMGemvParams p);
 
-  // Constant after construction.
-  const int device_;
-  const double gpu_memory_utilization_;
-  const bool cuda_core_decode_attention_;
-  // Kernel choices (constant but for SetKernelOptions).
-  bool fuse_small_batch_;
-  bool programmatic_launch_requested_;
-  bool programmatic_launch_ = false;  // requested and the device is sm_90+
-  int small_m_gemv_columns_per_warp_;
-  int64_t small_m_gemv_streamed_max_rows_;
-  bool small_m_gemv_streamed_stage_x_;
-  int small_m_gemv_streamed_prewait_segments_;
-  bool programmatic_decode_attention_;
-  bool decode_attention_combines_in_kernel_;
-  bool fuse_rope_decode_attention_;
-  int decode_attention_min_split_keys_;
+  // As constructed, but for the kernel choices SetKernelOptions switches.
+  CudaBackendOptions options_;
+  const int device_;                  // options_.device
+  bool programmatic_launch_ = false;  // options_.programmatic_launch and the device is sm_90+
   bool sm90_ = false;  // constant after Init
-  const bool wgmma_prefill_attention_requested_;
   bool wgmma_prefill_attention_ = false;  // requested and the device is compute capability 9.0 (sm_90a)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;

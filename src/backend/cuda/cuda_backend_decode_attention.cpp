@@ -12,7 +12,7 @@
 namespace tandem {
 
 kernels::PagedDecodeKernel CudaBackend::DecodeAttentionKernel(int32_t head_dim) const {
-  return cuda_core_decode_attention_ || !kernels::PagedDecodeAttentionTensorCores(head_dim)
+  return options_.cuda_core_decode_attention || !kernels::PagedDecodeAttentionTensorCores(head_dim)
              ? kernels::PagedDecodeKernel::kCudaCore
              : kernels::PagedDecodeKernel::kTensorCore;
 }
@@ -20,8 +20,8 @@ kernels::PagedDecodeKernel CudaBackend::DecodeAttentionKernel(int32_t head_dim) 
 void CudaBackend::SetSmallBatchDecodeAttention(kernels::PagedDecodeAttentionParams* p) const {
   if (p->num_seqs > kernels::kSmallMGemvMaxRows) return;
   // After the small-M GEMV (and RoPE), which launch programmatically for these batches.
-  p->programmatic = programmatic_decode_attention_ && programmatic_launch_;
-  if (decode_attention_combines_in_kernel_ &&
+  p->programmatic = options_.programmatic_decode_attention && programmatic_launch_;
+  if (options_.decode_attention_combines_in_kernel &&
       kernels::PagedDecodeAttentionSplitCounters(p->num_seqs, p->num_kv_heads) <= kAttentionSplitCounters) {
     p->split_counters = attention_split_counters_;
   }
@@ -38,7 +38,7 @@ bool CudaBackend::IsDecodeOnly(const AttentionParams& params, const AttentionMet
 Status CudaBackend::LaunchDecodeAttention(kernels::PagedDecodeAttentionParams p, const AttentionParams& params,
                                           int32_t max_context) {
   p.kernel = DecodeAttentionKernel(params.head_dim);
-  p.min_split_keys = decode_attention_min_split_keys_;
+  p.min_split_keys = options_.decode_attention_min_split_keys;
   p.num_splits = kernels::PagedDecodeAttentionSplits(p.num_seqs, params.num_kv_heads, max_context, num_sms_, p.kernel,
                                                      p.min_split_keys);
   const size_t floats =
@@ -79,7 +79,7 @@ Status CudaBackend::StagedDecodeAttention(const Tensor& q, KvLayerView cache, co
 
 bool CudaBackend::FusesRopeIntoDecodeAttention(const AttentionParams& params, const RopeTables& rope,
                                                const AttentionMetadata& meta) const {
-  return fuse_rope_decode_attention_ && meta.num_tokens > 0 && IsDecodeOnly(params, meta) &&
+  return options_.fuse_rope_decode_attention && meta.num_tokens > 0 && IsDecodeOnly(params, meta) &&
          DecodeAttentionKernel(params.head_dim) == kernels::PagedDecodeKernel::kTensorCore &&
          kernels::PagedDecodeAttentionFusesRope(params.head_dim, rope.rotary_dim);
 }

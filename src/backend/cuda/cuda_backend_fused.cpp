@@ -32,32 +32,28 @@ kernels::SmallMGemvParams GemvOperands(const Tensor& x, const Tensor& weight, co
 
 void CudaBackend::SetKernelOptions(const CudaBackendOptions& options) {
   ClearDecodeGraphs();
-  fuse_small_batch_ = options.fuse_small_batch;
-  programmatic_launch_requested_ = options.programmatic_launch;
-  programmatic_launch_ = options.programmatic_launch && sm90_;
-  small_m_gemv_columns_per_warp_ = options.small_m_gemv_columns_per_warp;
-  small_m_gemv_streamed_max_rows_ = options.small_m_gemv_streamed_max_rows;
-  small_m_gemv_streamed_stage_x_ = options.small_m_gemv_streamed_stage_x;
-  small_m_gemv_streamed_prewait_segments_ = options.small_m_gemv_streamed_prewait_segments;
-  programmatic_decode_attention_ = options.programmatic_decode_attention;
-  decode_attention_combines_in_kernel_ = options.decode_attention_combines_in_kernel;
-  fuse_rope_decode_attention_ = options.fuse_rope_decode_attention;
-  decode_attention_min_split_keys_ = options.decode_attention_min_split_keys;
+  const CudaBackendOptions constructed = options_;
+  options_ = options;
+  options_.device = constructed.device;
+  options_.gpu_memory_utilization = constructed.gpu_memory_utilization;
+  options_.cuda_core_decode_attention = constructed.cuda_core_decode_attention;
+  options_.wgmma_prefill_attention = constructed.wgmma_prefill_attention;
+  programmatic_launch_ = options_.programmatic_launch && sm90_;
 }
 
 Status CudaBackend::SmallMGemv(kernels::SmallMGemvParams p) {
   p.programmatic = programmatic_launch_;
-  p.columns_per_warp = small_m_gemv_columns_per_warp_;
-  p.streamed_max_rows = sm90_ ? small_m_gemv_streamed_max_rows_ : 0;  // 227 KB of shared memory per CTA
-  p.streamed_stage_x = small_m_gemv_streamed_stage_x_;
-  p.streamed_prewait_segments = small_m_gemv_streamed_prewait_segments_;
+  p.columns_per_warp = options_.small_m_gemv_columns_per_warp;
+  p.streamed_max_rows = sm90_ ? options_.small_m_gemv_streamed_max_rows : 0;  // 227 KB of shared memory per CTA
+  p.streamed_stage_x = options_.small_m_gemv_streamed_stage_x;
+  p.streamed_prewait_segments = options_.small_m_gemv_streamed_prewait_segments;
   p.num_sms = num_sms_;
   TANDEM_CUDA_RETURN_IF_ERROR(kernels::LaunchSmallMGemv(p, stream_));
   return OkStatus();
 }
 
 bool CudaBackend::FusesSmallBatch(int64_t rows, std::span<const int64_t> k_dims) const {
-  if (!fuse_small_batch_ || rows < 1 || rows > kernels::kSmallMGemvMaxRows) return false;
+  if (!options_.fuse_small_batch || rows < 1 || rows > kernels::kSmallMGemvMaxRows) return false;
   // Rows of x start 16-byte aligned (the workspace's tensors are cudaMalloc'd) when k % 8 == 0.
   for (int64_t k : k_dims) {
     if (k <= 0 || k % 8 != 0) return false;
