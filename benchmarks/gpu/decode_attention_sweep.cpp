@@ -12,6 +12,7 @@
 
 #include "backend/cuda/cuda_check.h"
 #include "benchmarks/gpu/bench_kernels.cuh"
+#include "benchmarks/gpu/bench_util.h"
 #include "kernels/paged_decode_attention.cuh"
 
 namespace tandem::bench {
@@ -43,11 +44,6 @@ class Events {
   }
   cudaEvent_t a_ = nullptr, b_ = nullptr;
 };
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 
 }  // namespace
 
