@@ -264,13 +264,17 @@ __global__ void __launch_bounds__(kWarps * 32, 1) StreamedGemvKernel(const Small
   TraceStamp(p, 4);
 }
 
+// Segments of a CTA's share (Share::total_segs, host side) in a grid of `ctas` CTAs.
+int64_t CtaSegments(const SmallMGemvParams& p, int64_t ctas) {
+  const int64_t ranges = p.epilogue == SmallMGemvEpilogue::kSiluMul ? 2 : 1;
+  return ranges * ((p.n + ctas - 1) / ctas) * (p.k / (8 * kSegChunks));
+}
+
 // Whether the launch stages x (see StreamedGemvKernel): one row, asked for, and room after the
 // partial sums within kMaxPartialBytes.
 bool StagesX(const SmallMGemvParams& p, unsigned int ctas) {
-  const int64_t ranges = p.epilogue == SmallMGemvEpilogue::kSiluMul ? 2 : 1;
-  const int64_t segs = ranges * ((p.n + ctas - 1) / ctas) * (p.k / (8 * kSegChunks));
   return p.streamed_stage_x && p.m == 1 &&
-         static_cast<size_t>(PartialFloatsAligned(segs, 1) + p.k) * sizeof(float) <= kMaxPartialBytes;
+         static_cast<size_t>(PartialFloatsAligned(CtaSegments(p, ctas), 1) + p.k) * sizeof(float) <= kMaxPartialBytes;
 }
 
 template <int kM, bool kNorm, SmallMGemvEpilogue kEpilogue, typename Out>
@@ -312,10 +316,7 @@ cudaError_t LaunchRows(const SmallMGemvParams& p, unsigned int ctas, cudaStream_
 int64_t Ctas(const SmallMGemvParams& p, int num_sms) { return std::min<int64_t>(num_sms > 0 ? num_sms : 132, p.n); }
 
 size_t PartialBytes(const SmallMGemvParams& p, int num_sms) {
-  const int64_t ctas = Ctas(p, num_sms);
-  const int64_t ranges = p.epilogue == SmallMGemvEpilogue::kSiluMul ? 2 : 1;
-  const int64_t segs = ranges * ((p.n + ctas - 1) / ctas) * (p.k / (8 * kSegChunks));
-  return static_cast<size_t>(segs) * p.m * sizeof(float);
+  return static_cast<size_t>(CtaSegments(p, Ctas(p, num_sms))) * p.m * sizeof(float);
 }
 
 }  // namespace

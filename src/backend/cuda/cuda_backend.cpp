@@ -109,7 +109,7 @@ StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBackendOpti
 Status CudaBackend::Init() {
   TANDEM_RETURN_IF_ERROR(SelectDevice());
   cudaDeviceProp prop{};
-  TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device_));
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, options_.device));
   if (prop.major < 8) {
     return FailedPreconditionError("cuda backend: " + std::string(prop.name) + " has compute capability " +
                                    std::to_string(prop.major) + "." + std::to_string(prop.minor) +
@@ -137,7 +137,7 @@ Status CudaBackend::Init() {
   spdlog::info("cuda backend: device {} ({}, {} SMs, {:.1f} GiB); small-batch fusion {}, programmatic launch {}, "
                "streamed GEMV up to {} rows, small-batch decode attention: programmatic {}, in-kernel combine {}; "
                "RoPE fused into decode attention {}, splits of >= {} keys; wgmma prefill attention {}",
-               device_, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
+               options_.device, prop.name, prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30),
                options_.fuse_small_batch ? "on" : "off", programmatic_launch_ ? "on" : "off", options_.small_m_gemv_streamed_max_rows,
                options_.programmatic_decode_attention && programmatic_launch_ ? "on" : "off",
                options_.decode_attention_combines_in_kernel ? "on" : "off", options_.fuse_rope_decode_attention ? "on" : "off",
@@ -147,7 +147,7 @@ Status CudaBackend::Init() {
 }
 
 CudaBackend::~CudaBackend() {
-  (void)cudaSetDevice(device_);
+  (void)cudaSetDevice(options_.device);
   if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
   if (cublas_ != nullptr) (void)cublasDestroy(cublas_);
   if (cublas_workspace_ != nullptr) (void)cudaFree(cublas_workspace_);
@@ -158,8 +158,8 @@ CudaBackend::~CudaBackend() {
 Status CudaBackend::SelectDevice() const {
   // cudaGetDevice first: cheap, and nothing device-wide happens inside a graph capture.
   int current = -1;
-  if (cudaGetDevice(&current) == cudaSuccess && current == device_) return OkStatus();
-  TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  if (cudaGetDevice(&current) == cudaSuccess && current == options_.device) return OkStatus();
+  TANDEM_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
   return OkStatus();
 }
 
@@ -173,7 +173,7 @@ StatusOr<std::unique_ptr<DeviceBuffer>> CudaBackend::Allocate(size_t bytes) {
     (void)cudaGetLastError();  // allocation errors are not sticky: clear it
     return CudaErrorToStatus(err, "cuda backend: allocating " + std::to_string(bytes) + " bytes");
   }
-  return std::unique_ptr<DeviceBuffer>(std::make_unique<CudaBuffer>(device_, p, bytes));
+  return std::unique_ptr<DeviceBuffer>(std::make_unique<CudaBuffer>(options_.device, p, bytes));
 }
 
 StatusOr<Tensor> CudaBackend::UploadWeight(const HostTensor& host,
@@ -244,7 +244,7 @@ Status CudaBackend::Synchronize() {
 
 std::optional<int64_t> CudaBackend::KvCacheBudgetBytes() const {
   size_t free_bytes = 0, total_bytes = 0;
-  if (cudaSetDevice(device_) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+  if (cudaSetDevice(options_.device) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
     spdlog::warn("cuda backend: cudaMemGetInfo failed; the KV cache falls back to kv_cache_bytes");
     return std::nullopt;
   }

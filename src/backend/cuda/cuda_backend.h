@@ -116,14 +116,14 @@ class CudaBackend final : public Backend {
   void SetKernelOptions(const CudaBackendOptions& options);
   // Edges of the last captured decode graph that are programmatic (PDL launches kept by the capture).
   size_t last_graph_programmatic_edges() const { return decode_graphs_.last_programmatic_edges(); }
-  int device() const { return device_; }
+  int device() const { return options_.device; }
   // Whether prefill attention goes through the wgmma kernel where it supports the shape.
   bool wgmma_prefill_attention() const { return wgmma_prefill_attention_; }
   cudaStream_t stream() const { return stream_; }
 
  private:
   explicit CudaBackend(const CudaBackendOptions& options)
-      : options_(options), device_(options.device) {}
+      : options_(options) {}
   Status Init();
   Status SelectDevice() const;
   Status CheckAttentionParams(const AttentionParams& params, const KvLayerView& cache,
@@ -163,7 +163,6 @@ class CudaBackend final : public Backend {
 
   // As constructed, but for the kernel choices SetKernelOptions switches.
   CudaBackendOptions options_;
-  const int device_;                  // options_.device
   bool programmatic_launch_ = false;  // options_.programmatic_launch and the device is sm_90+
   bool sm90_ = false;  // constant after Init
   bool wgmma_prefill_attention_ = false;  // requested and the device is compute capability 9.0 (sm_90a)
